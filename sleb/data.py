@@ -77,7 +77,7 @@ def _display(path: Path) -> str:
         return str(path)
 
 
-def _from_hub(name: str) -> Documents:
+def hub_documents(name: str) -> Documents:
     try:
         import datasets
 
@@ -99,9 +99,9 @@ def calibration_documents(source: str, data_root: str | os.PathLike | None = Non
         local = root / LOCAL_FILES["c4"]
         if local.is_file():
             return read_text_file(local, slice(C4_EVAL_ROWS, None))
-        return _from_hub("c4-train")
+        return hub_documents("c4-train")
     if source == "wikitext2":
-        return _from_hub("wikitext2-train")
+        return hub_documents("wikitext2-train")
     if Path(source).suffix in (".txt", ".jsonl", ".raw") or Path(source).exists():
         return read_text_file(source)
     raise SlebError(
