@@ -25,10 +25,13 @@ on CUDA, `torch.cuda.synchronize()` on both sides of every timer. What is timed:
   (new_tokens - 1) / (generate time - TTFT), which also carries `generate`'s per-step overhead.
 
 Order: `warmup` untimed batch-1 rounds; one untimed memory pass per model (all the work once,
-which also warms the batch shapes); then `repeats` timed rounds, where every measurement runs on
+which also warms the batch shapes); the decode prompts' caches are prefilled; then `repeats`
+timed rounds, where every measurement runs on
 the dense model, then on the pruned one (A B A B ...), so drift in the machine's load hits
 both. Prefill and TTFT take `prefill_samples` alternated samples per round. Each figure is the
-median of its samples; a speedup is the ratio of the two medians.
+median of its samples; a speedup is the ratio of the two medians. `paired_speedup_*` is the
+median of the ratios of back-to-back samples (dense sample i / pruned sample i, or step k of
+each), which cancels slow load changes better still.
 
 Memory: CUDA, `torch.cuda.max_memory_allocated` over the model's memory pass (reset before);
 CPU, the process's peak RSS (VmHWM, reset by writing 5 to /proc/self/clear_refs) over the pass.
@@ -85,6 +88,9 @@ FIGURES = {
     "generate_decode_b1": ("decode via generate, batch 1", "decode_b1"),
 }
 IDEAL_OF = {key: ideal for key, (_, ideal) in FIGURES.items()}
+# figure -> its samples; `paired_speedup_<figure>` is the median of the dense/pruned ratios of back-to-back samples
+PAIRED = {"prefill": "prefill_s", "ttft": "ttft_s", "decode_b1": "decode_b1_step_s",
+          "decode_batch": "decode_batch_step_s"}
 
 
 # ----------------------------------------------------------------------------------------------- FLOPs
@@ -298,21 +304,23 @@ class _Runner:
             _, cache, token = self.prefill(kind)
         self.kept[kind] = (cache, token)
 
-    def work(self, kinds=("b1", "batch"), generate: bool = True, keep: bool = False) -> None:
-        """Everything once, untimed: prefill and decode per kind, TTFT and `generate`; `keep` the caches."""
+    def work(self, kinds=("b1", "batch"), generate: bool = True) -> None:
+        """Everything once, untimed: prefill and decode per kind, TTFT and `generate`; nothing is kept."""
         for kind in kinds:
             _, cache, token = self.prefill(kind)
-            self.kept[kind] = (cache, token)
             for _ in range(self.steps[kind]):
                 _, token = self.step(cache, token)
+            del cache
             if kind == "b1":
                 self.generate(1)
                 if generate:
                     self.generate(self.batch1_new_tokens)
-            if keep:
-                self.rollback(kind)
-            else:
-                del self.kept[kind]
+
+    def prepare(self) -> None:
+        """Prefill and keep the prompts' KV caches that the timed decode rounds start from (untimed)."""
+        for kind in self.prompts:
+            _, cache, token = self.prefill(kind)
+            self.kept[kind] = (cache, token)
 
 
 def _decode_round(runners: dict[str, _Runner], kind: str, runs: dict) -> None:
@@ -427,11 +435,13 @@ def measure_speed(dense: nn.Module, pruned: nn.Module, tokenizer=None, *, prompt
             for runner in runners.values():
                 runner.work(kinds=("b1",), generate=generate_check)
         peak = _PeakMemory(cuda)
-        for name, runner in runners.items():  # all the work once per model, untimed; keeps the prompts' caches
+        for name, runner in runners.items():  # all the work once per model, untimed, nothing else held
             log.info("Memory pass: %s", name)
             peak.reset()
-            runner.work(generate=generate_check, keep=True)
+            runner.work(generate=generate_check)
             memory[name] = peak.read()
+        for runner in runners.values():
+            runner.prepare()
         for i in range(repeats):
             gc.collect()
             for _ in range(prefill_samples):
@@ -519,6 +529,9 @@ def measure_speed(dense: nn.Module, pruned: nn.Module, tokenizer=None, *, prompt
             continue
         result[f"speedup_{key}"] = speedup
         result[f"fidelity_{key}"] = speedup / ideal[ideal_key]  # measured / ideal
+    for key, samples in PAIRED.items():  # samples taken back to back: dense, then pruned
+        ratios = [a / b for a, b in zip(runs["dense"][samples], runs["pruned"][samples], strict=True)]
+        result[f"paired_speedup_{key}"] = statistics.median(ratios)
     result["memory_note"] = (
         "model_bytes: parameters + buffers. " + (
             "peak_cuda_allocated_bytes: torch.cuda.max_memory_allocated over the model's memory pass (both models "
@@ -543,8 +556,8 @@ def _fmt(value: float, unit: str) -> str:
 
 
 def format_speed(result: dict) -> str:
-    """A small table: dense | pruned | speedup | ideal | measured/ideal, then memory and settings."""
-    header = f"{'':40} {'dense':>14} {'pruned':>14} {'speedup':>8} {'ideal':>7} {'meas/ideal':>10}"
+    """A table: dense | pruned | speedup | ideal | measured/ideal | paired speedup; then memory and settings."""
+    header = f"{'':40} {'dense':>14} {'pruned':>14} {'speedup':>8} {'ideal':>7} {'meas/ideal':>10} {'paired':>7}"
     lines = [header, "-" * len(header)]
     for key, (label, ideal_key) in FIGURES.items():
         if f"speedup_{key}" not in result:
@@ -553,7 +566,8 @@ def format_speed(result: dict) -> str:
         lines.append(
             f"{label.format(**result):40} {_fmt(result['dense_' + suffix], unit):>14} "
             f"{_fmt(result['pruned_' + suffix], unit):>14} {result['speedup_' + key]:>7.3f}x "
-            f"{result['ideal_speedup_' + ideal_key]:>6.3f}x {result['fidelity_' + key]:>10.3f}")
+            f"{result['ideal_speedup_' + ideal_key]:>6.3f}x {result['fidelity_' + key]:>10.3f}"
+            + (f" {result['paired_speedup_' + key]:>6.3f}x" if f"paired_speedup_{key}" in result else ""))
     mib = 2**20
     if "dense_peak_cuda_allocated_bytes" in result:
         memory = [("peak CUDA allocated (both models)", "peak_cuda_allocated_bytes"),
@@ -565,13 +579,15 @@ def format_speed(result: dict) -> str:
               ("estimate: model + its run", "peak_estimate_bytes")]
     for label, key in memory:
         d, p = result[f"dense_{key}"], result[f"pruned_{key}"]
-        lines.append(f"{label:40} {d / mib:>10,.1f} MiB {p / mib:>10,.1f} MiB {d / p:>7.3f}x")
+        ratio = d / p if p > 0 else float("nan")
+        lines.append(f"{label:40} {d / mib:>10,.1f} MiB {p / mib:>10,.1f} MiB {ratio:>7.3f}x")
     lines.append(f"{'blocks / parameters':40} {result['dense_blocks']:>4} / {result['dense_params'] / 1e6:6.1f}M "
                  f"{result['pruned_blocks']:>4} / {result['pruned_params'] / 1e6:6.1f}M")
     lines.append(
         f"prompt {result['prompt_len']} tokens" + (f" (clipped from {result['prompt_len_requested']})"
                                                     if result["prompt_clipped"] else "")
         + f", {result['new_tokens']} new tokens ({result['batch1_new_tokens']} at batch 1), "
-        f"median of {result['repeats']}, {result['device']} {result['dtype']}, {result['threads']} threads; "
+        f"{result['repeats']} rounds ({result['prefill_samples']} prefill/TTFT samples each), medians; "
+        f"{result['device']} {result['dtype']}, {result['threads']} threads; "
         f"ideal = FLOP ratio incl. attention (params only: {result['ideal_speedup_params']:.3f}x)")
     return "\n".join(lines)

@@ -106,6 +106,8 @@ def test_every_figure_is_there_finite_and_positive(clipped):
             assert math.isfinite(result[prefix + key]) and result[prefix + key] > 0, prefix + key
     for key in ("prefill", "decode_b1", "decode_batch", "params"):
         assert math.isfinite(result[f"ideal_speedup_{key}"])
+    for key in ("prefill", "ttft", "decode_b1", "decode_batch"):
+        assert math.isfinite(result[f"paired_speedup_{key}"]) and result[f"paired_speedup_{key}"] > 0, key
     for name in ("dense", "pruned"):
         runs = result["runs"][name]
         assert len(runs["prefill_s"]) == len(runs["ttft_s"]) == 2 * 2

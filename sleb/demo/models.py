@@ -1,0 +1,281 @@
+"""The demo's settings, size checks before loading, and a small cache of loaded models.
+
+Each loaded model is held once; dense and pruned share its weights through one
+`BlockSwitch` (entered for the model's lifetime in the cache), and one lock per model
+serializes everything that runs it: generation, search rounds, perplexity.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import logging
+import math
+import os
+import struct
+import threading
+from collections import OrderedDict
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from ..blocks import BlockLayout, BlockSwitch, find_blocks
+from ..calibration import Calibration, CalibrationSpec, build_calibration
+from ..errors import SlebError
+from ..loading import DEFAULT_BASE_ID, DEFAULT_MODEL, DEFAULT_PACKAGE, ModelSource, load_model, resolve
+from ..search import SearchResult
+from .zoo import ZooOrders, ZooVariant, load_zoo
+
+log = logging.getLogger(__name__)
+
+ROOT = Path(__file__).resolve().parents[2]
+ZOO_PREFIX = "zoo:"  # picker values of zoo variants
+
+
+def embedded_default_available() -> bool:
+    return importlib.util.find_spec(DEFAULT_PACKAGE) is not None
+
+
+def local_calibration_available() -> bool:
+    from ..data import LOCAL_FILES, data_dir
+
+    return (data_dir() / LOCAL_FILES["c4"]).is_file()
+
+
+@dataclass
+class DemoConfig:
+    """Budgets and limits of the demo; `from_env` reads the `SLEB_APP_*` variables."""
+
+    default_model: str = DEFAULT_MODEL
+    calibration: CalibrationSpec = field(default_factory=lambda: CalibrationSpec(nsamples=8, seqlen=128))
+    max_ratio: float = 0.5
+    max_prompt_tokens: int = 1024
+    max_new_tokens: int = 256
+    max_params: int = 2_000_000_000
+    max_models: int = 2
+    ppl_windows: int = 2
+    ppl_seqlen: int = 256
+    concurrency: int = 4
+    queue_size: int = 32
+    allow_local_paths: bool = True
+    manifest: Path = ROOT / "zoo" / "manifest.yaml"
+
+    @classmethod
+    def from_env(cls) -> DemoConfig:
+        env = os.environ
+        default = env.get("SLEB_APP_MODEL") or (DEFAULT_MODEL if embedded_default_available() else DEFAULT_BASE_ID)
+        source = env.get("SLEB_APP_CALIB") or ("c4" if local_calibration_available() else "wikitext2")
+        spec = CalibrationSpec(source=source, nsamples=int(env.get("SLEB_APP_NSAMPLES", 8)),
+                               seqlen=int(env.get("SLEB_APP_SEQLEN", 128)))
+        return cls(default_model=default, calibration=spec,
+                   max_params=int(float(env.get("SLEB_APP_MAX_PARAMS", 2e9))),
+                   concurrency=int(env.get("SLEB_APP_CONCURRENCY", 4)),
+                   allow_local_paths=env.get("SLEB_APP_LOCAL_PATHS", "1") != "0")
+
+    def calibration_text(self) -> str:
+        spec = self.calibration
+        where = {"c4": "C4 (the local sample's calibration rows, else the Hub)",
+                 "wikitext2": "WikiText-2 train"}.get(spec.source, spec.source)
+        return f"{spec.nsamples} windows x {spec.seqlen} tokens of {where}, seed {spec.seed}"
+
+
+# --- sizes, checked before any weights are read ---------------------------------------------------------------------
+
+
+def params_from_config(config: dict) -> int:
+    """A rough parameter count from a config.json: embeddings (and head, if untied) plus the blocks."""
+    config = config.get("text_config", config)
+    h = config.get("hidden_size") or config.get("n_embd") or config.get("d_model") or 0
+    layers = config.get("num_hidden_layers") or config.get("n_layer") or config.get("num_layers") or 0
+    vocab = config.get("vocab_size") or 0
+    inter = config.get("intermediate_size") or config.get("ffn_dim") or 4 * h
+    experts = config.get("num_local_experts") or config.get("num_experts") or 1
+    embed = vocab * h * (1 if config.get("tie_word_embeddings", True) else 2)
+    return int(embed + layers * (4 * h * h + 3 * h * inter * experts))
+
+
+def _safetensors_params(path: Path) -> int:
+    with path.open("rb") as f:
+        (size,) = struct.unpack("<Q", f.read(8))
+        header = json.loads(f.read(size))
+    return sum(math.prod(t["shape"]) for name, t in header.items() if name != "__metadata__")
+
+
+def local_params(source: ModelSource) -> int:
+    """Parameters of a local folder (safetensors headers, else config.json) or GGUF file (tensor shapes)."""
+    folder = Path(source.path)
+    if source.gguf_file:
+        from gguf import GGUFReader
+
+        return int(sum(t.n_elements for t in GGUFReader(folder / source.gguf_file).tensors))
+    files = sorted(folder.glob("*.safetensors"))
+    if files:
+        return sum(_safetensors_params(f) for f in files)
+    return params_from_config(json.loads((folder / "config.json").read_text()))
+
+
+def hub_params(repo_id: str) -> int:
+    """Parameters of a Hub model from its safetensors metadata (else its config.json), without its weights."""
+    from huggingface_hub import HfApi, constants, hf_hub_download, try_to_load_from_cache
+    from huggingface_hub.errors import GatedRepoError, RepositoryNotFoundError, RevisionNotFoundError
+
+    offline_hint = (f"Download {repo_id} where the Hub is reachable and type the path of its local folder instead, "
+                    "or pick the embedded default model.")
+    if constants.is_offline_mode():
+        cached = try_to_load_from_cache(repo_id, "config.json")
+        if not isinstance(cached, str):
+            raise SlebError(f"The Hugging Face Hub is unreachable (offline mode) and {repo_id} is not in the "
+                            f"local cache. {offline_hint}")
+        return params_from_config(json.loads(Path(cached).read_text()))
+    try:
+        info = HfApi().model_info(repo_id, timeout=10)
+        if getattr(info, "safetensors", None) and info.safetensors.total:
+            return int(info.safetensors.total)
+        config = hf_hub_download(repo_id, "config.json")
+    except (RepositoryNotFoundError, RevisionNotFoundError) as exc:
+        raise SlebError(f"There is no model {repo_id!r} on the Hugging Face Hub (or it is private): check the "
+                        "spelling, owner/name.") from exc
+    except GatedRepoError as exc:
+        raise SlebError(f"{repo_id} is gated: accept its licence on the Hub and set HF_TOKEN (a Space secret) "
+                        "to a token that may read it.") from exc
+    except Exception as exc:  # connection errors, timeouts: the Hub is unreachable
+        raise SlebError(f"The Hugging Face Hub is unreachable ({type(exc).__name__}). {offline_hint}") from exc
+    return params_from_config(json.loads(Path(config).read_text()))
+
+
+# --- loaded models ---------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class LoadedModel:
+    """One model in memory with everything the demo derives from it."""
+
+    name: str
+    model: object
+    tokenizer: object
+    source: ModelSource
+    layout: BlockLayout
+    switch: BlockSwitch
+    lock: threading.Lock = field(default_factory=threading.Lock)
+    results: dict[str, SearchResult] = field(default_factory=dict)  # method -> longest result so far
+    ppl: dict[tuple[int, ...], dict] = field(default_factory=dict)  # removed set -> perplexity
+    _calibration: dict[str, Calibration] = field(default_factory=dict)
+    ppl_windows: object = None
+
+    @property
+    def num_blocks(self) -> int:
+        return len(self.layout.blocks)
+
+    @property
+    def is_chat(self) -> bool:
+        return bool(getattr(self.tokenizer, "chat_template", None))
+
+    @property
+    def base_id(self) -> str:
+        return self.source.base_model or self.source.name
+
+    def parameters(self, removed=()) -> int:
+        """Parameters of the model with `removed` blocks gone (shared tensors counted once)."""
+        gone = {id(p) for i in removed for p in self.layout.blocks[i].parameters()}
+        return sum(p.numel() for p in {id(p): p for p in self.model.parameters()}.values() if id(p) not in gone)
+
+    def calibration(self, spec: CalibrationSpec) -> Calibration:
+        key = repr(spec)
+        if key not in self._calibration:
+            self._calibration[key] = build_calibration(self.tokenizer, spec, self.model.config)
+        return self._calibration[key]
+
+
+class ModelStore:
+    """Models loaded once and kept in a small LRU cache; size checked before loading."""
+
+    def __init__(self, config: DemoConfig):
+        self.config = config
+        self.zoo = load_zoo(config.manifest)
+        self.orders = ZooOrders()
+        self._models: OrderedDict[str, LoadedModel] = OrderedDict()
+        self._lock = threading.Lock()  # guards the cache itself; held briefly
+        self._load_lock = threading.Lock()  # one load at a time: memory, and no model loaded twice
+
+    def choices(self) -> list[tuple[str, str]]:
+        """(label, value) pairs for the model picker: the default, the embedded model, the zoo's CPU variants."""
+        embedded = ("default: SmolLM2-135M-Instruct (embedded)", DEFAULT_MODEL)
+        first = self.config.default_model
+        out = [embedded if first == DEFAULT_MODEL else (first, first)]
+        if first != DEFAULT_MODEL and embedded_default_available():
+            out.append(embedded)
+        return out + [(v.label, ZOO_PREFIX + v.repo) for v in self.zoo if not v.requires_gpu]
+
+    def zoo_variant(self, value: str) -> ZooVariant | None:
+        if not value.startswith(ZOO_PREFIX):
+            return None
+        repo = value.removeprefix(ZOO_PREFIX)
+        return next((v for v in self.zoo if v.repo == repo), None)
+
+    def zoo_result(self, entry: LoadedModel, method: str) -> SearchResult | None:
+        """The zoo's removal order for this base model and method (its longest), if it publishes one."""
+        same = [v for v in self.zoo if v.method == method
+                and (v.base_model == entry.base_id or self.model_name(ZOO_PREFIX + v.repo) == entry.name)]
+        for variant in sorted(same, key=lambda v: -v.ratio):
+            result = self.orders.result(variant)
+            if result is not None and result.num_blocks == entry.num_blocks:
+                return result
+        return None
+
+    def model_name(self, value: str | None) -> str:
+        """What to load for a picker value: a zoo variant loads its base (its fallback when that is here)."""
+        value = (value or "").strip() or self.config.default_model
+        variant = self.zoo_variant(value)
+        if variant is None:
+            return value
+        fallback = variant.fallback
+        if fallback == DEFAULT_MODEL and embedded_default_available():
+            return fallback
+        if fallback and fallback != DEFAULT_MODEL and Path(fallback).expanduser().exists():
+            return fallback
+        return variant.model
+
+    def get(self, value: str | None) -> LoadedModel:
+        """The loaded model for a picker value, loading it (after the size check) if needed."""
+        name = self.model_name(value)
+        entry = self._cached(name)
+        if entry is not None:
+            return entry
+        with self._load_lock:
+            entry = self._cached(name) or self._load(name)
+            with self._lock:
+                self._models[name] = entry
+                while len(self._models) > self.config.max_models:
+                    old, _ = self._models.popitem(last=False)
+                    log.info("Unloaded %s (keeping at most %d models)", old, self.config.max_models)
+            return entry
+
+    def _cached(self, name: str) -> LoadedModel | None:
+        with self._lock:
+            if name in self._models:
+                self._models.move_to_end(name)
+            return self._models.get(name)
+
+    def _load(self, name: str) -> LoadedModel:
+        source = resolve(name)
+        if source.kind == "local" or (source.kind == "gguf" and name != DEFAULT_MODEL):
+            if not self.config.allow_local_paths:
+                raise SlebError("This demo does not load local paths; type a Hugging Face Hub id (owner/name).")
+            params = local_params(source)
+        elif source.kind == "hub":
+            params = hub_params(source.path)
+        else:
+            params = 0
+        if params > self.config.max_params:
+            raise SlebError(f"{name} has about {params / 1e9:.1f}B parameters; this demo loads models up to "
+                            f"{self.config.max_params / 1e9:.1f}B. Pick a smaller model.")
+        model, tokenizer, source = load_model(name, device="cpu")
+        layout = find_blocks(model)
+        with torch.inference_mode():  # warm-up, so the first user's timings are not a cold start
+            model.generate(torch.tensor([[tokenizer.bos_token_id or 0]]), max_new_tokens=2, do_sample=False,
+                           pad_token_id=tokenizer.eos_token_id)
+        switch = BlockSwitch(layout.blocks)
+        switch.__enter__()  # bypass by flag for the model's lifetime here; restored only with the model
+        log.info("Loaded %s: %d blocks (%s)", name, len(layout.blocks), layout.block_class)
+        return LoadedModel(name=name, model=model, tokenizer=tokenizer, source=source, layout=layout, switch=switch)

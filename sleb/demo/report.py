@@ -1,0 +1,120 @@
+"""What the demo shows about a pruning: the block stack with removed blocks in removal order, each round's
+score, and a dense-vs-pruned table of speed, size and perplexity."""
+
+from __future__ import annotations
+
+from matplotlib.figure import Figure
+from matplotlib.patches import Rectangle
+
+from ..search import SearchResult
+
+KEPT, REMOVED, BARRIER = "#cfe3f7", "#e4572e", "#d9d9d9"
+SCORE_LABELS = {
+    "sleb": "calibration NLL / token\nafter the round",
+    "oneshot-ppl": "calibration NLL / token\nwith the block alone bypassed",
+    "block-influence": "block influence\n(1 - cos in/out)",
+    "angular": "angular distance\nof the n-block run",
+}
+
+
+def _calibration_tokens(result: SearchResult) -> int:
+    calib = result.settings.get("calibration") or {}
+    return int(calib.get("num_windows") or 0) * max(0, int(calib.get("seqlen") or 0) - 1)
+
+
+def round_scores(result: SearchResult, k: int) -> list[float]:
+    """One score per removed block, in removal order; empty for methods without scores (last, random)."""
+    order = result.removed(k)
+    rounds = result.rounds or []
+    tokens = _calibration_tokens(result)
+    if result.method == "sleb":
+        values = [r["score"] for r in rounds[:k] if "score" in r]
+    elif result.method == "angular":
+        values = [rounds[k - 1]["scores"][str(order[0])]] if k and len(rounds) >= k else []
+    elif rounds and "scores" in rounds[0]:
+        values = [rounds[0]["scores"][str(b)] for b in order if str(b) in rounds[0]["scores"]]
+    else:
+        values = []
+    if result.method in ("sleb", "oneshot-ppl") and tokens:
+        values = [v / tokens for v in values]
+    return values
+
+
+def removal_figure(result: SearchResult | None, k: int, num_blocks: int, barriers: tuple[int, int] = (1, 1),
+                   title: str = "") -> Figure:
+    """The block stack (removed blocks numbered in removal order) over a plot of each round's score."""
+    order = result.removed(k) if result and k else []
+    fig = Figure(figsize=(9, 3.4), layout="constrained")
+    stack, scores = fig.subplots(2, 1, height_ratios=[1, 1.6])
+    for i in range(num_blocks):
+        fixed = i < barriers[0] or i >= num_blocks - barriers[1]
+        color = REMOVED if i in order else BARRIER if fixed else KEPT
+        stack.add_patch(Rectangle((i, 0), 0.92, 1, facecolor=color, edgecolor="#555", linewidth=0.6,
+                                  hatch="//" if fixed else None))
+        if i in order:
+            stack.text(i + 0.46, 0.5, str(order.index(i) + 1), ha="center", va="center", color="white",
+                       fontsize=8, fontweight="bold")
+    stack.set_xlim(-0.2, num_blocks + 0.1)
+    stack.set_ylim(0, 1)
+    stack.set_yticks([])
+    step = max(1, num_blocks // 15)
+    stack.set_xticks([i + 0.46 for i in range(0, num_blocks, step)], [str(i) for i in range(0, num_blocks, step)],
+                     fontsize=8)
+    stack.set_xlabel("block (input → output); red: removed, numbered in removal order; hatched: never removed",
+                     fontsize=8)
+    for side in ("top", "right", "left"):
+        stack.spines[side].set_visible(False)
+    stack.set_title(title or f"{len(order)} of {num_blocks} blocks removed", fontsize=10)
+
+    values = round_scores(result, k) if result and k else []
+    if values:
+        steps = list(range(1, len(values) + 1))
+        scores.plot(steps, values, marker="o", color=REMOVED)
+        for s, v, b in zip(steps, values, order, strict=False):
+            scores.annotate(f"#{b}", (s, v), textcoords="offset points", xytext=(0, 6), ha="center", fontsize=7)
+        scores.set_xticks(steps)
+        scores.set_xlabel("removal step (the block removed)", fontsize=8)
+        scores.set_ylabel(SCORE_LABELS.get(result.method, "score"), fontsize=8)
+        scores.tick_params(labelsize=8)
+        scores.grid(alpha=0.3)
+    else:
+        scores.axis("off")
+        text = "no blocks removed" if not order else f"the {result.method} method has no per-block scores"
+        scores.text(0.5, 0.5, text, ha="center", va="center", fontsize=9, color="#555")
+    return fig
+
+
+def _fmt(value, unit: str = "", digits: int = 2) -> str:
+    if value is None:
+        return "–"
+    return f"{value:,.{digits}f}{unit}"
+
+
+def stats_table(dense: dict, pruned: dict, speed: dict) -> str:
+    """A Markdown table: blocks, parameters, speed and perplexity of both sides, and the speedups."""
+
+    def row(label, key, fmt):
+        return f"| {label} | {fmt(dense.get(key))} | {fmt(pruned.get(key))} |"
+
+    def ppl(v):
+        return _fmt(v, digits=2) if isinstance(v, (int, float)) else (v or "–")
+
+    def speedup(v):
+        return f"**{v:.2f}x**" if v else "–"
+
+    lines = [
+        "| | dense | pruned |", "|---|---|---|",
+        row("blocks", "blocks", lambda v: "–" if v is None else str(v)),
+        row("parameters", "parameters", lambda v: "–" if v is None else f"{v / 1e6:,.1f}M"),
+        row("time to first token", "ttft_s", lambda v: _fmt(v, " s", 3)),
+        row("decode speed", "decode_tok_s", lambda v: _fmt(v, " tokens/s", 1)),
+        row("total time", "total_s", lambda v: _fmt(v, " s", 2)),
+        row("new tokens", "tokens", lambda v: "–" if v is None else str(v)),
+        row("perplexity (WikiText-2)", "perplexity", ppl),
+        f"| **speedup** (pruned vs dense) | decode {speedup(speed.get('decode'))} | "
+        f"first token {speedup(speed.get('ttft'))}, total {speedup(speed.get('total'))} |",
+        "",
+        "*Measured in this run on this machine, batch 1, one side after the other; other users' runs share the CPU, "
+        "so run again to compare.*",
+    ]
+    return "\n".join(lines)

@@ -1,0 +1,10 @@
+"""The sleb model zoo: build, evaluate, document and publish pruned variants listed in a manifest.
+
+    python zoo/publish.py --only smollm2-135m-instruct-sleb-20 --dry-run --out build/zoo
+
+- `manifest.py`  read and validate the manifest (errors name the line at fault)
+- `build.py`     load a base once, search once, evaluate dense and variants (cached), stage repository folders
+- `card.py`      the model card (huggingface_hub `ModelCard`), the removal picture, the zoo index
+- `hub.py`       plan and push repositories and the index through `HfApi`
+- `publish.py`   the command line
+"""

