@@ -79,3 +79,16 @@ def test_compare_writes_table_and_plots(tiny_model_dir, tmp_path):
     assert "| sleb |" in table and "| last |" in table and "![ppl_wikitext2](ppl_wikitext2.png)" in table
     for png in ("ppl_wikitext2.png", "speedup.png"):
         assert (out / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_bench_cli_prunes_here_and_reports_every_figure(tiny_model_dir, tmp_path, capsys):
+    out = tmp_path / "bench.json"
+    argv = ["bench", str(tiny_model_dir), "--num-remove", "2", "--nsamples", "4", "--seqlen", "32",
+            "--prompt-len", "16", "--new-tokens", "4", "--decode-batch", "2", "--repeats", "1",
+            "--json", str(out), "-q"]
+    assert main(argv) == 0
+    figures = json.loads(out.read_text())
+    last_line = capsys.readouterr().out.strip().splitlines()[-1]
+    assert json.loads(last_line) == figures
+    assert figures["speedup_prefill"] > 0 and figures["ideal_speedup_prefill"] > 1
+    assert figures["dense_model"] == str(tiny_model_dir)
