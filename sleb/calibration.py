@@ -1,11 +1,15 @@
 """Calibration windows: token sequences of fixed length that the search scores blocks on.
 
-Two protocols, both seeded and recorded:
+Three protocols, all seeded and recorded:
 
 - `windows` (the paper's): `nsamples` windows of `seqlen` tokens at random offsets in
-  the joined, tokenized text.
+  the joined, tokenized text. Warns when the text is too short for them not to overlap.
 - `tokens` (an explicit budget): consecutive non-overlapping windows of `seqlen`
   tokens from the start of the text until `tokens` tokens are covered.
+- `reference` (the SLEB reference code's): the source's rows shuffled with the seed
+  (the permutation `datasets.Dataset.shuffle(seed)` uses), the first `rows` of them
+  joined ("\n\n" for WikiText-2, " " otherwise) and tokenized as the tokenizer does
+  by default, then cut into consecutive windows of `seqlen` tokens (the rest dropped).
 """
 
 from __future__ import annotations
@@ -14,6 +18,7 @@ import hashlib
 import logging
 from dataclasses import asdict, dataclass
 
+import numpy as np
 import torch
 
 from .data import calibration_documents
@@ -31,10 +36,13 @@ class CalibrationSpec:
     seqlen: int = 2048
     seed: int = 0
     tokens: int | None = None  # when set, use the token-budget protocol instead of nsamples
+    rows: int | None = None  # when set, use the reference code's protocol on this many shuffled rows
     data_dir: str | None = None
 
     @property
     def protocol(self) -> str:
+        if self.rows:
+            return "reference"
         return "tokens" if self.tokens else "windows"
 
 
@@ -65,8 +73,12 @@ def build_calibration(tokenizer, spec: CalibrationSpec, model_config=None) -> Ca
         raise SlebError(f"A token budget of {spec.tokens} is less than one window of {seqlen} tokens.")
     if spec.tokens is None and spec.nsamples < 1:
         raise SlebError(f"nsamples must be at least 1, got {spec.nsamples}.")
+    if spec.tokens and spec.rows:
+        raise SlebError("Give either a token budget or a number of rows (the reference protocol), not both.")
 
     docs = calibration_documents(spec.source, spec.data_dir)
+    if spec.protocol == "reference":
+        return _reference_calibration(tokenizer, spec, docs, seqlen)
     needed = spec.tokens or spec.nsamples * seqlen
     texts, chars = [], 0
     for text in docs.texts:  # cap the text tokenized: a whole C4 shard is far more than needed
@@ -86,20 +98,55 @@ def build_calibration(tokenizer, spec: CalibrationSpec, model_config=None) -> Ca
             log.warning("Calibration text holds only %d full windows (%d tokens).", count, count * seqlen)
         windows = ids[: count * seqlen].view(count, seqlen)
     else:
+        _warn_overlap(ids.numel(), spec.nsamples * seqlen, capped=len(texts) < len(docs.texts))
         gen = torch.Generator().manual_seed(spec.seed)
         starts = torch.randint(0, ids.numel() - seqlen, (spec.nsamples,), generator=gen)
         windows = torch.stack([ids[s : s + seqlen] for s in starts.tolist()])
+    return _finish(windows, spec, seqlen, docs.source, len(texts), JOIN)
+
+
+def _warn_overlap(pool: int, requested: int, capped: bool) -> None:
+    """Random windows drawn from fewer tokens than they hold must repeat tokens: say how many."""
+    if not capped and requested > pool:
+        log.warning(
+            "Calibration asks for %d tokens of random windows, but its text holds only %d tokens: the windows "
+            "overlap and at least %d tokens (%.0f%%) are repeats. Use fewer or shorter windows, or more text.",
+            requested, pool, requested - pool, 100 * (requested - pool) / requested,
+        )
+
+
+def reference_rows(texts: list[str], rows: int, seed: int) -> list[str]:
+    """The first `rows` rows after shuffling with `seed`, as `datasets.Dataset.shuffle(seed=seed)` orders them."""
+    order = np.random.default_rng(seed).permutation(len(texts))
+    return [texts[i] for i in order[:rows]]
+
+
+def _reference_calibration(tokenizer, spec: CalibrationSpec, docs, seqlen: int) -> Calibration:
+    join = "\n\n" if spec.source == "wikitext2" else " "
+    chosen = reference_rows(docs.texts, spec.rows, spec.seed)
+    ids = tokenizer(join.join(chosen), return_tensors="pt").input_ids[0]
+    count = ids.numel() // seqlen
+    if count < 1:
+        raise SlebError(
+            f"{spec.rows} shuffled rows of {docs.source} give {ids.numel()} tokens, fewer than one window of "
+            f"{seqlen}; use more rows or a smaller --seqlen."
+        )
+    return _finish(ids[: count * seqlen].view(count, seqlen), spec, seqlen, docs.source, len(chosen), join)
+
+
+def _finish(windows: torch.Tensor, spec: CalibrationSpec, seqlen: int, source: str, documents: int,
+            join: str) -> Calibration:
     fingerprint = hashlib.sha256(windows.numpy().tobytes()).hexdigest()[:16]
     info = {
         **{k: v for k, v in asdict(spec).items() if k != "data_dir"},
         "seqlen": seqlen,
         "protocol": spec.protocol,
-        "data": docs.source,
-        "documents_used": len(texts),
-        "join": repr(JOIN),
+        "data": source,
+        "documents_used": documents,
+        "join": repr(join),
         "num_windows": int(windows.shape[0]),
         "num_tokens": int(windows.numel()),
         "fingerprint": fingerprint,
     }
-    log.info("Calibration: %d windows x %d tokens from %s", windows.shape[0], seqlen, docs.source)
+    log.info("Calibration (%s): %d windows x %d tokens from %s", spec.protocol, windows.shape[0], seqlen, source)
     return Calibration(windows=windows, info=info)

@@ -44,6 +44,9 @@ def _search_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--nsamples", type=int, default=128, help="random calibration windows (paper: 128)")
     p.add_argument("--seqlen", type=int, default=2048, help="tokens per window (paper: 2048)")
     p.add_argument("--calib-tokens", type=int, help="token budget: consecutive windows instead of random ones")
+    p.add_argument("--calib-rows", type=int,
+                   help="the reference code's protocol: this many rows shuffled with --seed, joined, cut into "
+                        "consecutive --seqlen windows (the reference uses 128 rows of wikitext2)")
     p.add_argument("--data-dir", help="local data folder (default: $SLEB_DATA_DIR or ../shared/data)")
     p.add_argument("--seed", type=int, default=0, help="seed for calibration windows and the random baseline")
     p.add_argument("--early-barrier", type=int, default=1, help="first blocks never removed (default 1)")
@@ -129,7 +132,7 @@ def _speed_args(p: argparse.ArgumentParser) -> None:
 
 def _spec(args) -> CalibrationSpec:
     return CalibrationSpec(source=args.calib, nsamples=args.nsamples, seqlen=args.seqlen, seed=args.seed,
-                           tokens=args.calib_tokens, data_dir=args.data_dir)
+                           tokens=args.calib_tokens, rows=args.calib_rows, data_dir=args.data_dir)
 
 
 def _ints(text: str, what: str) -> list[int]:
