@@ -14,7 +14,6 @@ from sleb.perplexity import perplexity, token_windows
 from sleb.prune import prune
 from sleb.removal import remove_blocks
 
-
 pytestmark = pytest.mark.slow
 REMOVE = 2
 
