@@ -111,7 +111,8 @@ def logits_gap(dense, pruned, order: list[int], windows: torch.Tensor) -> float:
 
 def run(args) -> dict:
     device = args.device
-    report: dict = {"device": device, "model": args.model, "torch": torch.__version__,
+    report: dict = {"device": device, "model": "tiny random Llama" if args.tiny else args.model,
+                    "torch": torch.__version__,
                     "cuda_devices": torch.cuda.device_count() if torch.cuda.is_available() else 0}
     if device == "cuda" and report["cuda_devices"]:
         report["gpus"] = [torch.cuda.get_device_name(i) for i in range(report["cuda_devices"])]

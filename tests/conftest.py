@@ -7,7 +7,7 @@ import pytest
 import torch
 from transformers import LlamaConfig, LlamaForCausalLM
 
-OFFLINE = {"HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
+OFFLINE = {"HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"}
 # The dequantized default model (about 30 s to make) is shared with the user's cache; nothing else is.
 SHARED_MODELS = Path(os.environ.get("SLEB_CACHE", Path.home() / ".cache" / "sleb")) / "models"
 
