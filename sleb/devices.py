@@ -4,8 +4,10 @@ A model may sit on one device, or be spread by accelerate's `device_map` over se
 GPUs (and offloaded parts whose weights wait on `meta` until their hook loads them). So:
 
 - token ids go to the input embeddings' device (`to_input`);
-- hidden states handed to one block, or to the output head, go to that module's device
-  (`to_module`);
+- final hidden states go to the output head's device (`head_device`);
+- between blocks, accelerate's hooks move hidden states (a replayed output stays where its
+  block put it); where sleb compares a block's input with its output, the input goes to the
+  output's device;
 - targets go to wherever the logits came out (`.to(logits.device)` at the call site).
 
 A module's device is accelerate's execution device when a hook carries one (offloaded
@@ -56,11 +58,6 @@ def head_device(model: nn.Module) -> torch.device:
 def to_input(model: nn.Module, ids: torch.Tensor) -> torch.Tensor:
     """Token ids on the input embeddings' device."""
     return ids.to(input_device(model))
-
-
-def to_module(tensor: torch.Tensor, module: nn.Module) -> torch.Tensor:
-    """A tensor on the device of the module that consumes it."""
-    return tensor.to(module_device(module))
 
 
 def devices_of(model: nn.Module) -> list[str]:
