@@ -23,6 +23,7 @@ import torch
 from . import __version__
 from .blocks import find_blocks, num_layers
 from .calibration import Calibration, CalibrationSpec, build_calibration
+from .devices import devices_of
 from .errors import SlebError
 from .fingerprint import weights_fingerprint
 from .loading import cache_dir, load_model
@@ -204,7 +205,7 @@ def prune(model: str | None = None, out: str | os.PathLike = "pruned", *, ratios
         gone = list(order)
         t1 = time.perf_counter()
         record = make_record(result, order, source, dense_params, loaded,
-                             {"device": str(next(loaded.parameters()).device), "timings": dict(timings)})
+                             {"device": ",".join(devices_of(loaded)), "timings": dict(timings)})
         save_checkpoint(loaded, tokenizer, dirs[k], record, overwrite=overwrite, dtype=save_dtype)
         log.info("Saved %d of %d blocks removed (%s) to %s in %.1f s", k, total, order, dirs[k],
                  time.perf_counter() - t1)
