@@ -77,8 +77,8 @@ def block_influence(model, windows: torch.Tensor, num_remove: int, early_barrier
     sums = torch.zeros(scorer.total, dtype=torch.float64)
     counts = torch.zeros(scorer.total, dtype=torch.float64)
 
-    def record(i, hin, hout):
-        cos = F.cosine_similarity(hin.float(), hout.float(), dim=-1)
+    def record(i, hin, hout):  # a block's input may still sit on the previous block's device
+        cos = F.cosine_similarity(hin.to(hout.device).float(), hout.float(), dim=-1)
         sums[i] += float((1 - cos).sum(dtype=torch.float64))
         counts[i] += cos.numel()
 

@@ -23,7 +23,7 @@ log = logging.getLogger(__name__)
 
 C4_EVAL_ROWS = 1100
 LOCAL_FILES = {
-    "wikitext2-test": "wikitext-2-raw/wiki.test.raw",
+    "wikitext2-test": "wikitext-2-raw/wiki.test.rows.jsonl",  # the Hub's 4,358 test rows, empty ones included
     "c4": "c4-sample/c4_sample.jsonl",
 }
 HUB_SETS = {
@@ -52,18 +52,18 @@ class Documents:
 
 
 def read_text_file(path: str | os.PathLike, rows: slice | None = None) -> Documents:
-    """A .jsonl file (one `{"text": ...}` per line) or plain text (one document per line)."""
+    """A .jsonl file (one `{"text": ...}` per line, empty texts kept) or plain text (one document per line)."""
     path = Path(path)
     if not path.is_file():
         raise SlebError(f"Data file {path} does not exist.")
-    lines = path.read_text(encoding="utf-8").splitlines()
+    content = path.read_text(encoding="utf-8")
     if path.suffix == ".jsonl":
         try:
-            texts = [json.loads(line)["text"] for line in lines if line.strip()]
+            texts = [json.loads(line)["text"] for line in content.split("\n") if line.strip()]
         except (json.JSONDecodeError, KeyError, TypeError) as exc:
             raise SlebError(f"{path} must hold one JSON object with a \"text\" field per line: {exc}") from exc
     else:
-        texts = [line for line in lines if line.strip()]
+        texts = [line for line in content.splitlines() if line.strip()]
     rows = rows or slice(None)
     start, stop, _ = rows.indices(len(texts))
     return Documents(texts[rows], f"local:{_display(path)}[{start}:{stop}]")

@@ -179,5 +179,7 @@ def load_model(model: str | None = None, device: str | None = "auto", dtype=None
 
 
 def model_device(model) -> torch.device:
-    """The device of the input embeddings, where input ids must go."""
-    return model.get_input_embeddings().weight.device
+    """The device of the input embeddings, where input ids must go (see `sleb.devices`)."""
+    from .devices import input_device
+
+    return input_device(model)

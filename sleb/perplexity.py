@@ -13,7 +13,6 @@ import torch
 from tqdm.auto import tqdm
 
 from .errors import SlebError
-from .loading import model_device
 from .nll import chunked_nll, final_hidden
 
 log = logging.getLogger(__name__)
@@ -33,10 +32,8 @@ def token_windows(tokenizer, text: str, seqlen: int, max_windows: int | None = N
 @torch.inference_mode()
 def perplexity(model, windows: torch.Tensor, batch_size: int = 1, progress: bool = False) -> dict:
     """Perplexity of `model` over the windows, with the NLL and token counts behind it."""
-    device = model_device(model)
     total = 0.0
     for batch in tqdm(windows.split(batch_size), desc="perplexity", disable=not progress):
-        batch = batch.to(device)
         total += float(chunked_nll(model, final_hidden(model, batch), batch).sum())
     tokens = windows.shape[0] * (windows.shape[1] - 1)
     return {"perplexity": math.exp(total / tokens), "nll": total, "predicted_tokens": tokens,

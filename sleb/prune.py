@@ -23,7 +23,9 @@ import torch
 from . import __version__
 from .blocks import find_blocks, num_layers
 from .calibration import Calibration, CalibrationSpec, build_calibration
+from .devices import devices_of
 from .errors import SlebError
+from .fingerprint import weights_fingerprint
 from .loading import cache_dir, load_model
 from .removal import remove_blocks, save_checkpoint
 from .search import SearchResult, SearchState, fast_search, reference_search
@@ -46,9 +48,10 @@ def state_dir() -> Path:
 
 def search_key(model, calibration: Calibration, method: str, early_barrier: int, latter_barrier: int,
                seed: int, reference: bool) -> str:
-    """Identifies one search: same model weights layout, data, method and settings."""
+    """Identifies one search: same model config and weights, data, method and settings."""
     parts = {
         "config": model.config.to_json_string(use_diff=False),
+        "weights": weights_fingerprint(model),
         "dtype": str(next(model.parameters()).dtype),
         "calibration": calibration.info["fingerprint"],
         "method": method,
@@ -83,20 +86,35 @@ def find_removal(model, calibration: Calibration, num_remove: int, method: str =
 
             result = BASELINES[method](model, calibration.windows, num_remove, early_barrier, latter_barrier,
                                        batch_size=batch_size, seed=seed, progress=progress)
-            path.parent.mkdir(parents=True, exist_ok=True)
-            path.write_text(json.dumps({"key": key, "result": result.to_dict()}))
+            write_json_atomic(path, {"key": key, "result": result.to_dict()})
     result.settings.update(calibration=calibration.info, seed=seed, state_file=path.name,
                            search_seconds=round(time.perf_counter() - start, 3))
     return result
 
 
+def write_json_atomic(path: Path, data: dict) -> None:
+    """Write JSON to a temporary file beside `path`, then rename it into place: never half a file."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        tmp.write_text(json.dumps(data))
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
 def _cached_baseline(path: Path, key: str, num_remove: int) -> SearchResult | None:
+    """A finished baseline result for this key, or None; an unreadable cache file is a clear error."""
     if not path.is_file():
         return None
-    data = json.loads(path.read_text())
-    if data.get("key") != key:
-        return None
-    result = SearchResult.from_dict(data["result"])
+    try:
+        data = json.loads(path.read_text())
+        if data.get("key") != key:
+            return None
+        result = SearchResult.from_dict(data["result"])
+    except (json.JSONDecodeError, UnicodeDecodeError, AttributeError, KeyError, TypeError) as exc:
+        raise SlebError(f"The cached baseline result {path} is corrupt ({type(exc).__name__}: {exc}); "
+                        "delete it and run again to recompute it.") from exc
     return result if result.max_remove >= num_remove else None
 
 
@@ -187,7 +205,7 @@ def prune(model: str | None = None, out: str | os.PathLike = "pruned", *, ratios
         gone = list(order)
         t1 = time.perf_counter()
         record = make_record(result, order, source, dense_params, loaded,
-                             {"device": str(next(loaded.parameters()).device), "timings": dict(timings)})
+                             {"device": ",".join(devices_of(loaded)), "timings": dict(timings)})
         save_checkpoint(loaded, tokenizer, dirs[k], record, overwrite=overwrite, dtype=save_dtype)
         log.info("Saved %d of %d blocks removed (%s) to %s in %.1f s", k, total, order, dirs[k],
                  time.perf_counter() - t1)

@@ -126,6 +126,8 @@ def save_checkpoint(model, tokenizer, out, record: dict | None = None, overwrite
     drop_quantization(model)
     if dtype is not None:
         model = model.to(dtype)
+    if record is not None:  # the dtype actually saved, after any conversion
+        record = {**record, "dtype": str(next(model.parameters()).dtype).removeprefix("torch.")}
     with atomic_dir(out, overwrite) as tmp:
         model.save_pretrained(tmp)
         if tokenizer is not None:

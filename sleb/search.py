@@ -27,8 +27,8 @@ import torch
 from tqdm.auto import tqdm
 
 from .blocks import BlockSwitch, find_blocks
+from .devices import to_input
 from .errors import SlebError
-from .loading import model_device
 from .nll import check_head, chunked_nll, final_hidden, full_nll
 
 log = logging.getLogger(__name__)
@@ -129,8 +129,7 @@ class _Scorer:
         self.model = model
         self.blocks = find_blocks(model).blocks
         self.total = len(self.blocks)
-        device = model_device(model)
-        self.batches = [b.to(device) for b in windows.split(batch_size)]
+        self.batches = [to_input(model, b) for b in windows.split(batch_size)]
         self.switch = BlockSwitch(self.blocks)
 
     def nll(self, batch: torch.Tensor, skip, replay=None) -> float:
@@ -147,7 +146,8 @@ class _Scorer:
         """Round-0 guess at the best candidate: highest input/output cosine on the first batch."""
         sims: dict[int, float] = {}
 
-        def record(i, hin, hout):
+        def record(i, hin, hout):  # a block's input may still sit on the previous block's device
+            hin = hin.to(hout.device)
             sims[i] = float(torch.nn.functional.cosine_similarity(hin.float(), hout.float(), dim=-1).mean())
 
         with self.switch.state(skip=removed, recorder=record):

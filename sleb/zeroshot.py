@@ -171,6 +171,20 @@ def _source(task: str, online: bool, data_dir) -> str:
     return "local:" + "+".join(shown)
 
 
+def _hflm_class():
+    """lm-eval's HFLM, with its device the input embeddings' (it puts every request's ids there)."""
+    from lm_eval.models.huggingface import HFLM
+
+    from .devices import input_device
+
+    class SlebHFLM(HFLM):
+        @property
+        def device(self):
+            return input_device(self.model)
+
+    return SlebHFLM
+
+
 def _metric(values: dict, name: str) -> float | None:
     value = values.get(f"{name},none")
     return None if value is None or value == "N/A" else float(value)
@@ -188,7 +202,6 @@ def evaluate_zeroshot(
     fraction), as lm-eval's `--limit` does.
     """
     import lm_eval
-    from lm_eval.models.huggingface import HFLM
 
     names = resolve_tasks(tasks)
     online = use_online(names, data_dir, online)
@@ -201,7 +214,7 @@ def evaluate_zeroshot(
     try:
         with quiet_lm_eval():
             manager, loaded = _load(names, data_dir, online)
-            lm = HFLM(pretrained=model, tokenizer=tokenizer, batch_size=batch_size)
+            lm = _hflm_class()(pretrained=model, tokenizer=tokenizer, batch_size=batch_size)
             out = lm_eval.simple_evaluate(
                 model=lm, tasks=list(loaded.values()), limit=limit, task_manager=manager, log_samples=False,
             )

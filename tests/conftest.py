@@ -1,13 +1,15 @@
-"""Shared fixtures: offline Hub, a tiny random Llama, calibration windows."""
+"""Shared fixtures: offline Hub, an isolated sleb cache, a tiny random Llama, calibration windows."""
 
 import os
+from pathlib import Path
 
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
-os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+import pytest
+import torch
+from transformers import LlamaConfig, LlamaForCausalLM
 
-import pytest  # noqa: E402
-import torch  # noqa: E402
-from transformers import LlamaConfig, LlamaForCausalLM  # noqa: E402
+OFFLINE = {"HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"}
+# The dequantized default model (about 30 s to make) is shared with the user's cache; nothing else is.
+SHARED_MODELS = Path(os.environ.get("SLEB_CACHE", Path.home() / ".cache" / "sleb")) / "models"
 
 
 def tiny_llama(num_layers: int = 6, vocab: int = 128, seed: int = 0) -> LlamaForCausalLM:
@@ -29,13 +31,41 @@ def windows():
     return torch.randint(0, 128, (8, 32), generator=torch.Generator().manual_seed(1))
 
 
+def _isolated_cache(root: Path, mp: pytest.MonkeyPatch) -> None:
+    """A fresh sleb cache at `root` whose `models/` links to the shared dequantized models."""
+    root.mkdir(parents=True, exist_ok=True)
+    SHARED_MODELS.mkdir(parents=True, exist_ok=True)
+    (root / "models").symlink_to(SHARED_MODELS, target_is_directory=True)
+    mp.setenv("SLEB_CACHE", str(root))
+    mp.delenv("SLEB_STATE_DIR", raising=False)
+
+
+@pytest.fixture(scope="session", autouse=True)
+def offline(tmp_path_factory):
+    """The whole session runs offline, whatever the shell says, with a cache of its own.
+
+    The libraries read the offline switches when imported, so their flags are patched too.
+    """
+    import datasets.config
+    import huggingface_hub.constants
+
+    with pytest.MonkeyPatch.context() as mp:
+        for name, value in OFFLINE.items():
+            mp.setenv(name, value)
+        mp.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
+        mp.setattr(datasets.config, "HF_HUB_OFFLINE", True, raising=False)
+        mp.setattr(datasets.config, "HF_DATASETS_OFFLINE", True)
+        _isolated_cache(tmp_path_factory.mktemp("session") / "sleb-cache", mp)
+        yield
+
+
 @pytest.fixture(autouse=True)
-def isolated_cache(tmp_path, monkeypatch):
-    """Each test gets its own search-state cache; the dequantized default model cache is shared."""
-    monkeypatch.setenv("SLEB_STATE_DIR", str(tmp_path / "state"))
+def isolated_cache(tmp_path_factory, monkeypatch):
+    """Each test gets its own sleb cache (search state, cached results); dequantized models are shared."""
+    _isolated_cache(tmp_path_factory.mktemp("test") / "sleb-cache", monkeypatch)
 
 
-DATA_DIR = __import__("pathlib").Path(__file__).resolve().parents[2] / "shared" / "data"
+DATA_DIR = Path(__file__).resolve().parents[2] / "shared" / "data"
 
 
 def train_tokenizer(vocab: int = 300):

@@ -35,8 +35,11 @@ def test_perplexity_equals_a_hand_computation(tiny):
 
 def test_evaluation_text_follows_the_paper_and_never_touches_calibration_rows():
     wiki, source = ppl_text("wikitext2")
-    lines = (DATA_DIR / "wikitext-2-raw" / "wiki.test.raw").read_text().splitlines()
-    assert wiki == "\n\n".join(lines) and source == "local:wikitext-2-raw/wiki.test.raw[0:2891]"
+    lines = (DATA_DIR / "wikitext-2-raw" / "wiki.test.rows.jsonl").read_text(encoding="utf-8").split("\n")
+    rows = [json.loads(line)["text"] for line in lines if line]
+    assert len(rows) == 4358 and rows.count("") == 1467  # the Hub's test split, row for row
+    assert wiki == "\n\n".join(rows) and source == "local:wikitext-2-raw/wiki.test.rows.jsonl[0:4358]"
+    assert wiki.startswith("\n\n = Robert Boulter = \n\n\n\n\n Robert Boulter is")  # as the paper's code sees it
     c4, source = ppl_text("c4")
     assert source == "local:c4-sample/c4_sample.jsonl[0:1100]"
     rows = [json.loads(line)["text"] for line in (DATA_DIR / "c4-sample" / "c4_sample.jsonl").read_text().splitlines()]

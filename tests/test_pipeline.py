@@ -47,8 +47,9 @@ def test_random_windows_are_seeded_and_recorded(tokenizer):
 def test_token_budget_takes_consecutive_windows(tokenizer):
     calib = build_calibration(tokenizer, CalibrationSpec(tokens=100, seqlen=32))
     assert calib.windows.shape == (3, 32) and calib.info["protocol"] == "tokens"
-    stream = torch.cat(list(calib.windows))
-    assert torch.equal(calib.windows[1], stream[32:64])
+    text = "\n\n".join(calibration_documents("c4").texts[:50])  # the calibration rows, joined as documented
+    ids = tokenizer(text, add_special_tokens=False, return_tensors="pt").input_ids[0]
+    assert torch.equal(calib.windows.reshape(-1), ids[:96])
 
 
 def test_calibration_text_shorter_than_a_window_is_refused(tokenizer, tmp_path):

@@ -8,12 +8,11 @@ from transformers import AutoModelForCausalLM
 
 from sleb.baselines import last_blocks
 from sleb.calibration import CalibrationSpec
+from sleb.evaluate import ppl_text
 from sleb.loading import load_model
 from sleb.perplexity import perplexity, token_windows
 from sleb.prune import prune
 from sleb.removal import remove_blocks
-
-from .conftest import DATA_DIR
 
 pytestmark = pytest.mark.slow
 REMOVE = 2
@@ -22,7 +21,7 @@ REMOVE = 2
 @pytest.fixture(scope="module")
 def wikitext_windows():
     _, tokenizer, _ = load_model("default")
-    text = "\n\n".join((DATA_DIR / "wikitext-2-raw" / "wiki.test.raw").read_text().splitlines())
+    text, _ = ppl_text("wikitext2")
     return token_windows(tokenizer, text, seqlen=256, max_windows=6)
 
 

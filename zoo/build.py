@@ -34,6 +34,7 @@ from sleb.blocks import find_blocks, num_layers
 from sleb.calibration import CalibrationSpec, build_calibration
 from sleb.data import data_dir
 from sleb.evaluate import evaluate_ppl
+from sleb.fingerprint import weights_fingerprint
 from sleb.loading import DEFAULT_MODEL, load_model, model_device
 from sleb.prune import blocks_for_ratio, find_removal, make_record, parameter_count, versions
 from sleb.removal import atomic_dir, remove_blocks, save_checkpoint
@@ -150,7 +151,7 @@ def model_key(model, source) -> str:
         stamp = [[p.name, p.stat().st_size, p.stat().st_mtime_ns] for p in files]
     return digest({
         "name": source.name, "config": model.config.to_json_string(use_diff=False),
-        "commit": getattr(model.config, "_commit_hash", None), "files": stamp,
+        "commit": getattr(model.config, "_commit_hash", None), "files": stamp, "weights": weights_fingerprint(model),
         "dtype": str(next(model.parameters()).dtype), "device": model_device(model).type,
     })
 
