@@ -34,17 +34,19 @@ def layer_count_field(config) -> str:
 
 
 def index_attributes(blocks) -> set[tuple[str, str]]:
-    """(module path inside a block, attribute) whose integer value equals the block's index in every block."""
-    common: set[tuple[str, str]] | None = None
+    """(module path inside a block, attribute) that holds the block's own index.
+
+    Such an attribute is an integer equal to the block's index in every block that has it,
+    and at least two blocks have it (so that a width that happens to equal one index is not
+    taken for one); blocks of other kinds (hybrid models) may lack it.
+    """
+    values: dict[tuple[str, str], list[tuple[int, int]]] = {}
     for index, block in enumerate(blocks):
-        found = {
-            (path, attr)
-            for path, module in block.named_modules()
-            for attr, value in vars(module).items()
-            if type(value) is int and value == index
-        }
-        common = found if common is None else common & found
-    return common or set()
+        for path, module in block.named_modules():
+            for attr, value in vars(module).items():
+                if type(value) is int:
+                    values.setdefault((path, attr), []).append((index, value))
+    return {key for key, seen in values.items() if len(seen) >= 2 and all(i == v for i, v in seen)}
 
 
 def block_signature(block: nn.Module, skip: set[tuple[str, str]]) -> tuple:
@@ -54,7 +56,7 @@ def block_signature(block: nn.Module, skip: set[tuple[str, str]]) -> tuple:
         for attr, value in sorted(vars(module).items()):
             if attr.startswith("_") or attr == "training" or (path, attr) in skip:
                 continue
-            if value is None or isinstance(value, (bool, int, float, str)):
+            if isinstance(value, (bool, int, float, str)):  # None too often marks runtime state set later
                 items.append((path, attr, value))
         for name, tensor in [*module.named_parameters(recurse=False), *module.named_buffers(recurse=False)]:
             items.append((path, name, tuple(tensor.shape)))
@@ -226,12 +228,19 @@ def _partition(sigs: list[tuple]) -> list[int]:
     return [sigs.index(sig) for sig in sigs]
 
 
+_FOUND: dict[tuple[type, str], list[str]] = {}  # (model class, config JSON) -> names of layer fields
+
+
 def layer_fields(model_class, config, target: str, fields: list[Field], base: list[tuple]) -> list[Field]:
     """The fields that index layers: perturbing them changes which blocks are alike.
 
     A width (`num_experts`, heads) changes every block of a kind the same way and keeps the
     grouping; a "first k", an "every n", a per-layer list or a list of indices regroups them.
+    Remembered per model class and config, so removing from copies of one model probes once.
     """
+    key = (model_class, config.to_json_string(use_diff=False))
+    if key in _FOUND:
+        return [f for f in fields if f.name in _FOUND[key]]
     found = []
     for field in fields:
         got = built_signatures(model_class, _with(config, target, {field.name: field.perturb()}))
@@ -239,6 +248,7 @@ def layer_fields(model_class, config, target: str, fields: list[Field], base: li
             continue
         if _partition(got) != _partition(base) or (field.kind != "int" and got != base):
             found.append(field)
+    _FOUND[key] = [f.name for f in found]
     return found
 
 

@@ -44,7 +44,17 @@ def renumber(blocks, keep: list[int], attrs: set[tuple[str, str]]) -> None:
     for new_index, old_index in enumerate(keep):
         block = blocks[old_index]
         for path, attr in attrs:
-            setattr(block.get_submodule(path), attr, new_index)
+            module = block.get_submodule(path) if _has(block, path) else None
+            if module is not None and type(getattr(module, attr, None)) is int:
+                setattr(module, attr, new_index)
+
+
+def _has(block: nn.Module, path: str) -> bool:
+    try:
+        block.get_submodule(path)
+    except AttributeError:
+        return False
+    return True
 
 
 def fold_inverse_layer_scale(model, moves: list[tuple[nn.Module, int, int]]) -> None:
