@@ -288,44 +288,53 @@ def remap_config(model_class, config, target: str, keep: list[int], want: list[t
 
 
 def _search(model_class, config, target, sub, n, keep, want, values, structural) -> dict:
-    """When the direct remap is not exact: solve index lists layer by layer, then search integer values."""
-    best = dict(values)
-    score = _mismatches(built_signatures(model_class, _with(config, target, best)), want)
-    builds = 0
+    """When the direct remap is not exact: try values of the "every n" / "first k" integers, and for each
+    solve the lists of layer indices block by block (in the list or not); keep the first exact config."""
     m = len(keep)
+    builds = 0
     index_lists = [name for name, value in vars(sub).items()
                    if not name.startswith("_") and isinstance(value, list) and all(_is_index(v, n) for v in value)]
     ints = [f.name for f in structural if f.kind == "int"]
-    for _ in range(3):
-        improved = False
+
+    def score(trial):
+        nonlocal builds
+        builds += 1
+        return _mismatches(built_signatures(model_class, _with(config, target, trial)), want)
+
+    def solve_lists(trial):
+        best, best_score = trial, score(trial)
         for name in index_lists:
+            if not best_score:
+                break
             outside = built_signatures(model_class, _with(config, target, {**best, name: []}))
             inside = built_signatures(model_class, _with(config, target, {**best, name: list(range(m))}))
-            builds += 2
+            builds_used = 2
             if outside is None or inside is None or len(outside) != m or len(inside) != m:
                 continue
-            chosen = [j for j in range(m) if inside[j] == want[j] and outside[j] != want[j]]
-            trial = {**best, name: chosen}
-            s = _mismatches(built_signatures(model_class, _with(config, target, trial)), want)
-            if s < score:
-                best, score, improved = trial, s, True
+            chosen = {**best, name: [j for j in range(m) if inside[j] == want[j] and outside[j] != want[j]]}
+            s = score(chosen) + 0 * builds_used
+            if s < best_score:
+                best, best_score = chosen, s
+        return best, best_score
+
+    best, best_score = solve_lists(dict(values))
+    for _ in range(2):
+        improved = False
         for name in ints:
-            for value in range(0, max(m, int(best[name]) if name in best else 0) + 2):
-                if builds >= MAX_SEARCH_BUILDS or not score:
+            for value in range(0, max(m, int(best.get(name, 0))) + 2):
+                if builds >= MAX_SEARCH_BUILDS or not best_score:
                     break
-                trial = {**best, name: value}
-                builds += 1
-                s = _mismatches(built_signatures(model_class, _with(config, target, trial)), want)
-                if s < score:
-                    best, score, improved = trial, s, True
-        if not score or not improved:
+                trial, s = solve_lists({**best, name: value})
+                if s < best_score:
+                    best, best_score, improved = trial, s, True
+        if not best_score or not improved:
             break
-    if score:
+    if best_score:
         at_fault = sorted({f.name for f in structural} | set(ints)) or ["(no field found)"]
         raise SlebError(
             f"Cannot write a {type(sub).__name__} that describes the kept blocks {keep}: the config fields "
             f"{', '.join(at_fault)} index layers and no remap of them rebuilds the kept blocks exactly "
-            f"({score} of {m} blocks would differ). Choose other blocks to remove, or report this architecture."
+            f"({best_score} of {m} blocks would differ). Choose other blocks to remove, or report this architecture."
         )
     log.info("Rewrote the layer pattern explicitly after %d trial builds", builds)
     return best

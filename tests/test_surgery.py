@@ -28,6 +28,15 @@ ROUTED = {"moe_intermediate_size": 16, "n_routed_experts": 4, "num_experts_per_t
 MIXED = ["sliding_attention", "full_attention", "sliding_attention", "sliding_attention", "full_attention"]
 
 
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    """Tiny models run fastest on one thread, and the machine is shared."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 def gemma3_multimodal():
     text = {**LLAMA_LIKE, "num_hidden_layers": 5, "head_dim": 8, "sliding_window": 4, "layer_types": MIXED}
     vision = {"hidden_size": 16, "intermediate_size": 32, "num_hidden_layers": 1, "num_attention_heads": 2,
