@@ -53,7 +53,7 @@ CASES = {
     "qwen2_moe-decoder_sparse_step": (lambda: tf.Qwen2MoeConfig(
         **LLAMA_LIKE, **MOE, num_hidden_layers=4, shared_expert_intermediate_size=16, decoder_sparse_step=2), [1]),
     "qwen3_moe": (lambda: tf.Qwen3MoeConfig(
-        **LLAMA_LIKE, **MOE, num_hidden_layers=5, head_dim=8, decoder_sparse_step=2, mlp_only_layers=[0]), [1, 2]),
+        **LLAMA_LIKE, **MOE, num_hidden_layers=5, head_dim=8, decoder_sparse_step=2, mlp_only_layers=[0]), [0]),
     "mixtral": (lambda: tf.MixtralConfig(
         **LLAMA_LIKE, num_hidden_layers=4, num_local_experts=4, num_experts_per_tok=2), [1, 2]),
     "deepseek_v3-first_k_dense_replace": (lambda: tf.DeepseekV3Config(
@@ -63,7 +63,7 @@ CASES = {
         **LLAMA_LIKE, **ROUTED, num_hidden_layers=5, head_dim=8, first_k_dense_replace=2), [0, 3]),
     "llama4-moe_layers": (lambda: tf.Llama4TextConfig(
         **LLAMA_LIKE, num_hidden_layers=5, head_dim=8, intermediate_size_mlp=64, num_local_experts=2,
-        interleave_moe_layer_step=2, no_rope_layer_interval=2), [1, 2]),
+        interleave_moe_layer_step=2, no_rope_layer_interval=2), [1]),
     "recurrent_gemma-block_types": (lambda: tf.RecurrentGemmaConfig(
         vocab_size=VOCAB, hidden_size=32, intermediate_size=64, num_attention_heads=4, num_key_value_heads=2,
         num_hidden_layers=7, lru_width=32, attention_window_size=8), [1]),
@@ -147,7 +147,8 @@ def test_bypass_first_on_blocks_that_return_tuples(name):
     """The first block call of a fresh model may be a bypass: the model still gets what it expects."""
     from sleb import blocks as blocks_module
 
-    blocks_module._TUPLE_OUTPUT.pop(type(find_blocks(build(name)).blocks[0]), None)  # as in a new process
+    # forget what earlier tests learnt about this block class, as in a new process
+    getattr(blocks_module, "_TUPLE_OUTPUT", {}).pop(type(find_blocks(build(name)).blocks[0]), None)
     model = build(name)
     tokens = ids()
     got = bypassed(model, [0], tokens)
