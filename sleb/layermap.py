@@ -296,23 +296,24 @@ def _search(model_class, config, target, sub, n, keep, want, values, structural)
                    if not name.startswith("_") and isinstance(value, list) and all(_is_index(v, n) for v in value)]
     ints = [f.name for f in structural if f.kind == "int"]
 
-    def score(trial):
+    def build(trial):
         nonlocal builds
         builds += 1
-        return _mismatches(built_signatures(model_class, _with(config, target, trial)), want)
+        return built_signatures(model_class, _with(config, target, trial))
+
+    def score(trial):
+        return _mismatches(build(trial), want)
 
     def solve_lists(trial):
         best, best_score = trial, score(trial)
         for name in index_lists:
             if not best_score:
                 break
-            outside = built_signatures(model_class, _with(config, target, {**best, name: []}))
-            inside = built_signatures(model_class, _with(config, target, {**best, name: list(range(m))}))
-            builds_used = 2
+            outside, inside = build({**best, name: []}), build({**best, name: list(range(m))})
             if outside is None or inside is None or len(outside) != m or len(inside) != m:
                 continue
             chosen = {**best, name: [j for j in range(m) if inside[j] == want[j] and outside[j] != want[j]]}
-            s = score(chosen) + 0 * builds_used
+            s = score(chosen)
             if s < best_score:
                 best, best_score = chosen, s
         return best, best_score
