@@ -75,6 +75,32 @@ def find_blocks(model: nn.Module) -> BlockLayout:
     return BlockLayout(owner=owner, attr=attr, path=name)
 
 
+# Whether a block class returns a tuple (GPT-Neo, Falcon, BLOOM) or a bare tensor, learnt per class.
+_TUPLE_OUTPUT: dict[type, bool] = {}
+
+
+def _returns_tuple(block_class: type, original: Callable, args, kwargs) -> bool:
+    """Whether blocks of this class return a tuple; probed with one real call the first time it is asked.
+
+    The probe runs without any KV cache, so a bypassed or replayed block never writes to one.
+    """
+    if block_class not in _TUPLE_OUTPUT:
+        probe = {k: v for k, v in kwargs.items() if not _is_cache(v)}
+        if "use_cache" in probe:
+            probe["use_cache"] = False
+        args = tuple(None if _is_cache(a) else a for a in args)
+        with torch.no_grad():
+            _TUPLE_OUTPUT[block_class] = isinstance(original(*args, **probe), tuple)
+        log.debug("%s blocks return %s", block_class.__name__, "tuples" if _TUPLE_OUTPUT[block_class] else "tensors")
+    return _TUPLE_OUTPUT[block_class]
+
+
+def _is_cache(value) -> bool:
+    from transformers.cache_utils import Cache
+
+    return isinstance(value, Cache)
+
+
 def _hidden_of(output):
     return output[0] if isinstance(output, tuple) else output
 
@@ -97,7 +123,6 @@ class BlockSwitch:
         self.replay: dict[int, torch.Tensor] = {}
         self.recorder: Callable[[int, torch.Tensor, torch.Tensor], None] | None = None
         self.forwards = 0
-        self._tuple_output = False
         self._saved: list[tuple[nn.Module, object]] = []
 
     def __enter__(self) -> BlockSwitch:
@@ -115,16 +140,18 @@ class BlockSwitch:
         self._saved.clear()
 
     def _make_forward(self, index: int, original: Callable):
+        block_class = type(self.blocks[index])
+
         def forward(*args, **kwargs):
             hidden = args[0] if args else kwargs["hidden_states"]
-            if index in self.skip:
-                return (hidden,) if self._tuple_output else hidden
-            if index in self.replay:
-                out = self.replay[index]
-                result = (out,) if self._tuple_output else out
+            if index in self.skip or index in self.replay:
+                out = hidden if index in self.skip else self.replay[index]
+                result = (out,) if _returns_tuple(block_class, original, args, kwargs) else out
+                if index in self.skip:
+                    return result
             else:
                 result = original(*args, **kwargs)
-                self._tuple_output = isinstance(result, tuple)
+                _TUPLE_OUTPUT[block_class] = isinstance(result, tuple)
                 self.forwards += hidden.shape[0]
                 out = _hidden_of(result)
             if self.recorder is not None:

@@ -56,6 +56,11 @@ def _search_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--reference", action="store_true", help="use the plain, slow reference loop for SLEB")
 
 
+def _verify_arg(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--no-verify", dest="verify", action="store_false",
+                   help="do not reload each saved checkpoint to check its logits (for models too large to load twice)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m sleb", description=__doc__.split("\n\n")[0])
     sub = parser.add_subparsers(dest="command", required=True)
@@ -67,6 +72,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, help="output folder (one per ratio inside it when several)")
     p.add_argument("--overwrite", action="store_true", help="replace existing output folders")
     p.add_argument("--save-dtype", help="dtype of the saved weights (default: as loaded)")
+    _verify_arg(p)
 
     p = sub.add_parser("search", help="find the removal order only; print it and write it as JSON")
     _model_args(p)
@@ -83,6 +89,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True)
     p.add_argument("--overwrite", action="store_true")
     p.add_argument("--save-dtype")
+    _verify_arg(p)
 
     p = sub.add_parser("info", help="blocks, parameters and config of a model")
     _model_args(p)
@@ -159,7 +166,7 @@ def cmd_prune(args) -> int:
                   latter_barrier=args.latter_barrier, batch_size=args.batch_size, seed=args.seed,
                   device=args.device, dtype=args.dtype, save_dtype=_dtype(args.save_dtype),
                   overwrite=args.overwrite, progress=not args.quiet, state_path=args.state,
-                  reference=args.reference)
+                  reference=args.reference, verify=args.verify)
     for path in saved:
         record = json.loads((path / "sleb.json").read_text())
         log.info("%s: removed %s (%d -> %d blocks)", path, record["removal_order"], record["num_blocks_dense"],
@@ -201,11 +208,19 @@ def _load_order(path: str):
 
     try:
         data = json.loads(Path(path).read_text())
-        return SearchResult.from_dict(data["search"])
+        result = SearchResult.from_dict(data["search"])
     except FileNotFoundError as exc:
         raise SlebError(f"Order file {path} does not exist.") from exc
-    except (json.JSONDecodeError, KeyError, TypeError) as exc:
+    except (json.JSONDecodeError, UnicodeDecodeError, KeyError, TypeError, AttributeError, ValueError) as exc:
         raise SlebError(f"{path} is not a sleb.json or `sleb search --json` file: {exc}") from exc
+    orders = [result.order, *(result.by_count or {}).values()]
+    total = result.num_blocks
+    for order in orders:
+        if (type(total) is not int or not isinstance(order, list) or any(type(i) is not int for i in order)
+                or len(set(order)) != len(order) or any(not 0 <= i < total for i in order)):
+            raise SlebError(f"{path} is corrupt: its removal order {order!r} is not a list of distinct block "
+                            f"indices of a {total}-block model. Run the search again.")
+    return result
 
 
 def cmd_remove(args) -> int:
@@ -214,11 +229,14 @@ def cmd_remove(args) -> int:
     from .prune import make_record, parameter_count
     from .removal import check_removal, remove_blocks, save_checkpoint
     from .search import SearchResult
+    from .verify import Verifier
 
+    if Path(args.out).exists() and not args.overwrite:
+        raise SlebError(f"Output folder {args.out} already exists; pass --overwrite to replace it.")
+    result = _load_order(args.order) if args.order else None
     model, tokenizer, source = load_model(args.model, device=args.device, dtype=args.dtype)
     total = num_layers(model)
     if args.order:
-        result = _load_order(args.order)
         if result.num_blocks != total:
             raise SlebError(f"{args.order} is an order for a model of {result.num_blocks} blocks; "
                             f"{args.model} has {total}.")
@@ -232,9 +250,11 @@ def cmd_remove(args) -> int:
         order = check_removal(total, _ints(args.blocks, "--blocks"))
         result = SearchResult(method="manual", num_blocks=total, order=order)
     dense = parameter_count(model)
+    verifier = Verifier(model, order) if args.verify else None
     remove_blocks(model, order)
     record = make_record(result, order, source, dense, model, {"device": str(next(model.parameters()).device)})
-    save_checkpoint(model, tokenizer, args.out, record, overwrite=args.overwrite, dtype=_dtype(args.save_dtype))
+    save_checkpoint(model, tokenizer, args.out, record, overwrite=args.overwrite, dtype=_dtype(args.save_dtype),
+                    verifier=verifier)
     log.info("Removed %s: %d -> %d blocks, saved %s", order, total, total - len(order), args.out)
     return 0
 

@@ -136,12 +136,50 @@ def _load_from_gguf(source: ModelSource, dtype: torch.dtype, device: str):
     return _load_folder(str(cached), dtype, device)
 
 
+def check_supported(path: str) -> None:
+    """Refuse, from the config alone, models sleb cannot prune correctly: see the messages."""
+    from transformers import AutoConfig, PretrainedConfig
+
+    raw, _ = PretrainedConfig.get_config_dict(path)
+    nested = [raw, *(v for v in raw.values() if isinstance(v, dict) and "model_type" in v)]
+    if any("auto_map" in part for part in nested):
+        raise SlebError(
+            f"{path} needs its own modelling code (its config.json has `auto_map`); sleb never runs remote code. "
+            "Use a model whose architecture is built into transformers."
+        )
+    quant = raw.get("quantization_config") or {}
+    if quant and str(quant.get("quant_method", "")).lower() != "gguf":
+        raise SlebError(
+            f"{path} is quantized ({quant.get('quant_method', 'unknown method')}); sleb prunes and saves "
+            "full-precision checkpoints only. Use the unquantized model (or a GGUF file)."
+        )
+    try:
+        config = AutoConfig.from_pretrained(path, trust_remote_code=False)
+    except (ValueError, KeyError) as exc:
+        raise SlebError(f"{path} has a config transformers does not know: {exc}") from exc
+    configs = [config, config.get_text_config()] if hasattr(config, "get_text_config") else [config]
+    if any(getattr(c, "is_encoder_decoder", False) for c in configs):
+        raise SlebError(
+            f"{path} is an encoder-decoder model ({type(config).__name__}); sleb prunes decoder-only causal LMs."
+        )
+    if any(getattr(c, "is_decoder", None) is False for c in configs):
+        raise SlebError(
+            f"{path} is an encoder model ({type(config).__name__} with is_decoder=False): its layers attend in "
+            "both directions, so it is not a causal LM; sleb prunes decoder-only causal LMs."
+        )
+
+
 def _load_folder(path: str, dtype: torch.dtype, device: str, device_map=None):
+    from safetensors import SafetensorError
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    model = AutoModelForCausalLM.from_pretrained(
-        path, dtype=dtype, trust_remote_code=False, device_map=device_map
-    )
+    check_supported(path)
+    try:
+        model = AutoModelForCausalLM.from_pretrained(
+            path, dtype=dtype, trust_remote_code=False, device_map=device_map
+        )
+    except SafetensorError as exc:
+        raise SlebError(f"A weight file of {path} is damaged or truncated ({exc}); download it again.") from exc
     tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=False)
     if device_map is None:
         model.to(device)

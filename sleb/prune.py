@@ -29,6 +29,7 @@ from .fingerprint import weights_fingerprint
 from .loading import cache_dir, load_model
 from .removal import remove_blocks, save_checkpoint
 from .search import SearchResult, SearchState, fast_search, reference_search
+from .verify import Verifier
 
 log = logging.getLogger(__name__)
 
@@ -171,8 +172,12 @@ def prune(model: str | None = None, out: str | os.PathLike = "pruned", *, ratios
           num_remove: Sequence[int] | None = None, method: str = "sleb", calibration: CalibrationSpec | None = None,
           early_barrier: int = 1, latter_barrier: int = 1, batch_size: int | None = None, seed: int = 0,
           device: str | None = "auto", dtype=None, save_dtype=None, overwrite: bool = False,
-          progress: bool = True, state_path=None, reference: bool = False) -> list[Path]:
-    """Load, search once, and save one pruned checkpoint per ratio (or block count). Returns the folders."""
+          progress: bool = True, state_path=None, reference: bool = False, verify: bool = True) -> list[Path]:
+    """Load, search once, and save one pruned checkpoint per ratio (or block count). Returns the folders.
+
+    Each checkpoint is reloaded and compared with the model with its blocks bypassed before
+    it is kept (`verify=False` skips that, for models too large to load twice).
+    """
     timings = {}
     t0 = time.perf_counter()
     loaded, tokenizer, source = load_model(model, device=device, dtype=dtype)
@@ -201,12 +206,14 @@ def prune(model: str | None = None, out: str | os.PathLike = "pruned", *, ratios
             loaded, tokenizer, _ = load_model(model, device=device, dtype=dtype)
             gone = []
         kept = [i for i in range(total) if i not in gone]
-        remove_blocks(loaded, [kept.index(i) for i in order if i not in gone])
+        now = [kept.index(i) for i in order if i not in gone]
+        verifier = Verifier(loaded, now) if verify else None
+        remove_blocks(loaded, now)
         gone = list(order)
         t1 = time.perf_counter()
         record = make_record(result, order, source, dense_params, loaded,
                              {"device": ",".join(devices_of(loaded)), "timings": dict(timings)})
-        save_checkpoint(loaded, tokenizer, dirs[k], record, overwrite=overwrite, dtype=save_dtype)
+        save_checkpoint(loaded, tokenizer, dirs[k], record, overwrite=overwrite, dtype=save_dtype, verifier=verifier)
         log.info("Saved %d of %d blocks removed (%s) to %s in %.1f s", k, total, order, dirs[k],
                  time.perf_counter() - t1)
         saved.append(dirs[k])

@@ -1,9 +1,9 @@
 """Remove blocks from a Hugging Face model for good, and save it as a standard checkpoint.
 
 After `remove_blocks` the model is an ordinary, smaller model of the same class: the
-block list is shorter, every `layer_idx` (the KV-cache index) is renumbered, and the
-config says the new layer count with every per-layer list sliced to match, so
-`save_pretrained` + `from_pretrained` round-trips with plain transformers.
+block list is shorter, every layer-index attribute its modules carry (`layer_idx`,
+`layer_id`, ...) is renumbered, and every config field that indexes layers is remapped
+(`sleb.layermap`), so `save_pretrained` + `from_pretrained` builds the same blocks.
 """
 
 from __future__ import annotations
@@ -16,20 +16,21 @@ import tempfile
 from collections.abc import Iterable
 from pathlib import Path
 
+import torch
 from torch import nn
 
 from .blocks import find_blocks, num_layers, text_config
 from .errors import SlebError
+from .layermap import built_signatures, index_attributes, remap_config, signatures
 
 log = logging.getLogger(__name__)
 
-# Config lists whose length happens to equal the layer count but are not per-layer.
-NOT_PER_LAYER = {"architectures"}
-
-
 def check_removal(total: int, removed: Iterable[int]) -> list[int]:
     """Validate block indices to remove; returns them sorted."""
-    removed = sorted(set(int(i) for i in removed))
+    try:
+        removed = sorted(set(int(i) for i in removed))
+    except (TypeError, ValueError) as exc:
+        raise SlebError(f"Block indices must be integers: {exc}") from exc
     bad = [i for i in removed if not 0 <= i < total]
     if bad:
         raise SlebError(f"Block indices {bad} are out of range: the model has blocks 0..{total - 1}.")
@@ -38,37 +39,86 @@ def check_removal(total: int, removed: Iterable[int]) -> list[int]:
     return removed
 
 
-def _slice_config_lists(config, keep: list[int], old_total: int) -> list[str]:
-    sliced = []
-    for key, value in list(vars(config).items()):
-        if key.startswith("_") or key in NOT_PER_LAYER:
+def renumber(blocks, keep: list[int], attrs: set[tuple[str, str]]) -> None:
+    """Set every layer-index attribute of the kept blocks to the block's new position."""
+    for new_index, old_index in enumerate(keep):
+        block = blocks[old_index]
+        for path, attr in attrs:
+            module = block.get_submodule(path) if _has(block, path) else None
+            if module is not None and type(getattr(module, attr, None)) is int:
+                setattr(module, attr, new_index)
+
+
+def _has(block: nn.Module, path: str) -> bool:
+    try:
+        block.get_submodule(path)
+    except AttributeError:
+        return False
+    return True
+
+
+def fold_inverse_layer_scale(model, moves: list[tuple[nn.Module, int, int]]) -> None:
+    """GPT-2's `scale_attn_by_inverse_layer_idx`: move the factor 1/(old+1) -> 1/(new+1) into the query weights.
+
+    The attention scale is fixed at init from the layer index; a reload computes it from the
+    new index. Scaling the query projection by (new+1)/(old+1) keeps the scores exact both in
+    memory (whose `scaling` is updated too) and after a reload.
+    """
+    if not getattr(text_config(model), "scale_attn_by_inverse_layer_idx", False):
+        return
+    for block, old_index, new_index in moves:
+        attns = [m for m in block.modules() if hasattr(m, "scaling") and hasattr(m, "c_attn")]
+        known = ("embed_dim", "head_dim", "scale_attn_weights")
+        if not attns or any(getattr(m, "is_cross_attention", False) or not all(hasattr(m, a) for a in known)
+                            for m in attns):
+            raise SlebError(
+                "config.scale_attn_by_inverse_layer_idx is set but the attention modules are not the fused "
+                "query/key/value layout sleb knows how to rescale; cannot remove blocks exactly."
+            )
+        if new_index == old_index:
             continue
-        if isinstance(value, (list, tuple)) and len(value) == old_total:
-            setattr(config, key, type(value)(value[i] for i in keep))
-            sliced.append(key)
-    return sliced
+        factor = (new_index + 1) / (old_index + 1)
+        for attn in attns:
+            with torch.no_grad():
+                attn.c_attn.weight[:, : attn.embed_dim] *= factor  # Conv1D weight: [in, 3 * embed]
+                if attn.c_attn.bias is not None:
+                    attn.c_attn.bias[: attn.embed_dim] *= factor
+            # as GPT-2 computes it at init, so the in-memory value equals a reload's exactly
+            attn.scaling = (attn.head_dim**-0.5 if attn.scale_attn_weights else 1.0) / float(new_index + 1)
 
 
 def remove_blocks(model: nn.Module, removed: Iterable[int]) -> nn.Module:
-    """Delete the given blocks (original indices) in place and fix indices and config."""
+    """Delete the given blocks (original indices) in place and fix indices and config.
+
+    Layer-index attributes are found from the module tree and renumbered; config fields
+    that index layers are found by building the config on the meta device and remapped
+    (see `sleb.layermap`); a removal that no config can describe is refused.
+    """
     layout = find_blocks(model)
     total = len(layout.blocks)
     removed = check_removal(total, removed)
     keep = [i for i in range(total) if i not in removed]
-    new_blocks = nn.ModuleList(layout.blocks[i] for i in keep)
-    for new_index, block in enumerate(new_blocks):
-        for module in block.modules():
-            if isinstance(getattr(module, "layer_idx", None), int):
-                module.layer_idx = new_index
-    setattr(layout.owner, layout.attr, new_blocks)
-
-    configs = {id(model.config): model.config, id(text_config(model)): text_config(model)}
-    for config in configs.values():
-        if getattr(config, "num_hidden_layers", None) == total:
-            sliced = _slice_config_lists(config, keep, total)
-            config.num_hidden_layers = len(keep)
-            if sliced:
-                log.info("Sliced per-layer config lists: %s", ", ".join(sliced))
+    blocks = layout.blocks
+    attrs = index_attributes(blocks)
+    config, sub = model.config, text_config(model)
+    target = "root" if sub is config else "text"
+    before = signatures(blocks)
+    base = built_signatures(type(model), config)
+    if base != before:
+        log.warning("The blocks in memory differ from those their config builds; checking against the config's")
+    moves = [(blocks[old], old, new) for new, old in enumerate(keep)]
+    renumber(blocks, keep, attrs)
+    fold_inverse_layer_scale(model, moves)
+    want = signatures([blocks[i] for i in keep]) if base == before else [base[i] for i in keep]
+    try:
+        remap_config(type(model), config, target, keep, want)
+    except SlebError:
+        fold_inverse_layer_scale(model, [(block, new, old) for block, old, new in moves])
+        renumber(blocks, list(range(total)), attrs)
+        raise
+    setattr(layout.owner, layout.attr, nn.ModuleList(blocks[i] for i in keep))
+    if config is not sub and getattr(config, "num_hidden_layers", None) == total:
+        config.num_hidden_layers = len(keep)
     if num_layers(model) != len(keep):
         raise SlebError("The model's config did not take the new layer count; cannot save it consistently.")
     log.info("Removed blocks %s: %d -> %d blocks", removed, total, len(keep))
@@ -121,9 +171,18 @@ class _AtomicDir:
             shutil.rmtree(old, ignore_errors=True)
 
 
-def save_checkpoint(model, tokenizer, out, record: dict | None = None, overwrite: bool = False, dtype=None) -> Path:
-    """Save model, tokenizer, generation config and `sleb.json` to `out`, all or nothing."""
+def save_checkpoint(model, tokenizer, out, record: dict | None = None, overwrite: bool = False, dtype=None,
+                    verifier=None) -> Path:
+    """Save model, tokenizer, generation config and `sleb.json` to `out`, all or nothing.
+
+    Before writing, the config is checked to rebuild the model (`sleb.verify.check_config`);
+    with a `verifier` (`sleb.verify.Verifier`) the written folder is reloaded and checked
+    before it is moved into place, and the result goes into `sleb.json` as "verification".
+    """
+    from .verify import check_config
+
     drop_quantization(model)
+    check_config(model)
     if dtype is not None:
         model = model.to(dtype)
     if record is not None:  # the dtype actually saved, after any conversion
@@ -132,7 +191,10 @@ def save_checkpoint(model, tokenizer, out, record: dict | None = None, overwrite
         model.save_pretrained(tmp)
         if tokenizer is not None:
             tokenizer.save_pretrained(tmp)
+        verification = {"config_check": "passed"}
+        verification.update(verifier(tmp, dtype) if verifier is not None else {"reload": "skipped"})
         if record is not None:
+            record = {**record, "verification": verification}
             (tmp / "sleb.json").write_text(json.dumps(record, indent=2) + "\n")
     log.info("Saved %s", out)
     return Path(out)
