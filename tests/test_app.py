@@ -60,7 +60,7 @@ def run(client, model, prompt="The quick brown fox", method="sleb", percent=0, b
 
 
 def test_both_sides_answer_with_speed_and_fewer_blocks(app, tiny_model_dir):
-    status, dense, pruned, table, _plot, details = run(app, str(tiny_model_dir))
+    status, dense, pruned, _healed, table, _plot, details = run(app, str(tiny_model_dir))
     assert status == "Done."
     assert dense and pruned, details
     assert details["dense"]["blocks"] == 6 and details["pruned"]["blocks"] == 4
@@ -71,7 +71,10 @@ def test_both_sides_answer_with_speed_and_fewer_blocks(app, tiny_model_dir):
         assert stats["tokens"] == 6 and stats["done"], stats
         assert stats["ttft_s"] > 0 and stats["total_s"] >= stats["ttft_s"] and stats["decode_tok_s"] > 0, stats
         assert isinstance(stats["perplexity"], float), stats
-    assert details["speedup"]["decode"] > 0 and "speedup" in table and "tokens/s" in table
+    speed = details["speedup"]
+    assert speed["tokens_compared"] == 6 and not speed["enough"] and speed["decode"] > 0, speed
+    assert speed["ideal"]["decode"] > 1 and speed["ideal"]["ttft"] > 1, speed
+    assert "speedup" in table and "ms" in table and "Too few tokens" in table
 
 
 def test_bad_input_is_an_error_and_the_app_keeps_serving(app, tiny_model_dir):
@@ -91,7 +94,7 @@ def test_bad_input_is_an_error_and_the_app_keeps_serving(app, tiny_model_dir):
 
 @pytest.mark.slow
 def test_default_model_through_the_app(app):
-    status, dense, pruned, _table, _plot, details = run(app, "default", prompt="What is the capital of France?",
+    status, dense, pruned, _healed, _table, _plot, details = run(app, "default", prompt="What is the capital of France?",
                                                         blocks=1, new_tokens=8)
     assert status == "Done." and "Paris" in dense, dense
     assert pruned, details
