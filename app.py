@@ -11,7 +11,9 @@ file is the entry point of the Hugging Face Space that `space/deploy.py` builds.
 
 import logging
 import os
+from pathlib import Path
 
+import sleb
 from sleb.demo import DemoConfig, ModelStore, build_demo
 from sleb.demo.engine import prepare
 from sleb.demo.online import hub_online
@@ -20,6 +22,7 @@ logging.basicConfig(level=os.environ.get("SLEB_LOG_LEVEL", "INFO"), format="%(as
 for noisy in ("httpx", "httpcore", "urllib3", "huggingface_hub"):
     logging.getLogger(noisy).setLevel(logging.WARNING)
 
+logging.getLogger("app").info("sleb %s from %s", sleb.__version__, Path(sleb.__file__).parent)
 hub_online()  # once, quickly: offline, no request ever waits for Hub retries
 config = DemoConfig.from_env()
 store = ModelStore(config)

@@ -367,9 +367,12 @@ def prepare(store: ModelStore) -> LoadedModel:
     defaults = store.defaults_for(config.default_model)
     k = blocks_to_remove(entry.num_blocks, defaults["ratio"], None, config.max_ratio)
     result, source = _order_for(store, entry, defaults["method"], k)
-    perplexity_of(entry, [], config)
-    if result is not None:
-        perplexity_of(entry, result.removed(k), config)
+    try:
+        perplexity_of(entry, [], config)
+        if result is not None:
+            perplexity_of(entry, result.removed(k), config)
+    except SlebError as exc:  # no evaluation text here: the page shows "n/a" with the reason
+        log.warning("Perplexity not prepared: %s", exc)
     log.info("Ready in %.1f s: %s, default %s %d of %d blocks (order: %s)", time.perf_counter() - start, entry.name,
              defaults["method"], k, entry.num_blocks, source or "searched on the first request")
     return entry
