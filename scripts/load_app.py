@@ -115,6 +115,8 @@ def main() -> None:
     p.add_argument("--log", type=Path, default=Path("/tmp/load_app-server.log"))
     args = p.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(message)s")
+    for noisy in ("httpx", "httpcore"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
 
     server = None
     if args.url:

@@ -124,6 +124,7 @@ def test_first_request_from_a_fresh_start_of_app_py(browser, tmp_path):
                 time.sleep(1)
         WebDriverWait(browser, 120).until(lambda d: d.find_elements(By.CSS_SELECTOR, "#prompt textarea"))
         figures["start_to_page_s"] = round(time.perf_counter() - started, 2)
+        WebDriverWait(browser, 60).until(lambda d: "Order for" in d.find_element(By.CSS_SELECTOR, "#plan").text)
         plan = browser.find_element(By.CSS_SELECTOR, "#plan").text
         assert "Default for this model" in plan and "no search needed" in plan, plan
         browser.find_element(By.CSS_SELECTOR, "#prompt textarea").send_keys(figures["prompt"])
@@ -135,18 +136,24 @@ def test_first_request_from_a_fresh_start_of_app_py(browser, tmp_path):
             figures["load_average_" + name] = round(os.getloadavg()[0], 2)
             clicked = time.perf_counter()
             browser.find_element(By.CSS_SELECTOR, "#run").click()
-            first_dense = None
-            while True:
+            first_dense, started_run = None, False
+            while True:  # the previous answer stays until this run's first update clears it
                 status = browser.find_element(By.CSS_SELECTOR, "#status").text
-                if first_dense is None and (value("#dense textarea") or "").strip():
+                dense = (value("#dense textarea") or "").strip()
+                started_run = started_run or not dense or "Done." not in status
+                if started_run and first_dense is None and dense:
                     first_dense = time.perf_counter() - clicked
-                if "Done." in status or browser.find_elements(By.CSS_SELECTOR, ".toast-body"):
+                if started_run and status.strip() == "Done." and first_dense is not None:
+                    break
+                if browser.find_elements(By.CSS_SELECTOR, ".toast-body"):
                     break
                 assert time.perf_counter() - clicked < 900, f"no answer; screenshot: {shot}"
                 time.sleep(0.05)
-            figures[name] = {"dense_first_text_s": round(first_dense, 2),
+            figures[name] = {"dense_first_text_s": first_dense and round(first_dense, 2),
                              "both_answers_s": round(time.perf_counter() - clicked, 2)}
-            assert status == "Done.", f"status {status!r}"
+            browser.save_screenshot(str(keep / f"app-{name}-request-end.png"))
+            toasts = [t.text for t in browser.find_elements(By.CSS_SELECTOR, ".toast-body")]
+            assert status == "Done.", f"status {status!r}, {toasts}"
             assert value("#dense textarea").strip() and value("#pruned textarea").strip()
             if name == "first":
                 browser.set_window_size(1400, browser.execute_script("return document.body.scrollHeight") + 100)

@@ -249,6 +249,7 @@ def build_demo(config: DemoConfig | None = None, store: ModelStore | None = None
             control.change(plan, [model, method, percent, blocks], plan_note, api_visibility="private")
         for event in runs:
             event.then(plan, [model, method, percent, blocks], plan_note, api_visibility="private")
+        demo.load(plan, [model, method, percent, blocks], plan_note, api_visibility="private")  # as of now
     demo.queue(default_concurrency_limit=config.concurrency, max_size=config.queue_size)
     return demo
 
