@@ -4,10 +4,14 @@ Most tests use the tiny local Llama (`tiny_model_dir`) as the app's default mode
 the real embedded SmolLM2 with a tiny budget (one block, two calibration windows, few tokens).
 """
 
+import copy
 import json
+import math
+import os
 import socket
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -17,11 +21,16 @@ from gradio_client import Client
 from gradio_client.exceptions import AppError
 
 from sleb.calibration import CalibrationSpec
-from sleb.demo import DemoConfig, ModelStore, build_demo
-from sleb.demo.engine import GenSettings, encode_prompt, removal_steps, stream_generate
+from sleb.demo import DemoConfig, ModelStore, build_demo, online
+from sleb.demo.engine import GenSettings, encode_prompt, removal_steps, search_plan, stream_generate
 from sleb.demo.zoo import load_zoo, zoo_repos
 from sleb.errors import SlebError
-from sleb.loading import DEFAULT_BASE_ID
+from sleb.evaluate import ppl_text
+from sleb.loading import DEFAULT_BASE_ID, load_model
+from sleb.orders import find_order, model_defaults, shipped_orders
+from sleb.orders.__main__ import main as write_orders
+from sleb.perplexity import token_windows
+from sleb.removal import remove_blocks
 from sleb.search import SearchResult
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -59,8 +68,133 @@ def run(client, model, prompt="The quick brown fox", method="sleb", percent=0, b
     return client.predict(model, method, percent, blocks, prompt, new_tokens, 0, 0, api_name="/run")
 
 
+def test_pruned_side_equals_the_physically_pruned_model(app, tiny_model_dir):
+    """Perplexity and greedy text of the app's pruned side against a deep copy with its blocks really removed."""
+    prompt = "The quick brown fox jumps over"
+    status, dense, pruned, _healed, _table, _plot, details = run(app, str(tiny_model_dir), prompt=prompt,
+                                                                 new_tokens=12)
+    assert status == "Done." and len(details["removed"]) == 2, details
+    model, tokenizer, _ = load_model(str(tiny_model_dir), device="cpu")
+    physical = remove_blocks(copy.deepcopy(model), details["removed"])
+    assert physical.config.num_hidden_layers == 4
+    # The same windows as the app (the start of WikiText-2 test, 2 x 64 tokens), scored by the model's own logits.
+    windows = token_windows(tokenizer, ppl_text("wikitext2")[0][: 40 * 64 * 2], 64, 2)
+    with torch.inference_mode():
+        nll = [physical(w[None], labels=w[None]).loss.item() for w in windows]
+        dense_nll = [model(w[None], labels=w[None]).loss.item() for w in windows]
+    assert math.isclose(details["pruned"]["perplexity"], math.exp(sum(nll) / len(nll)), rel_tol=1e-4), details
+    assert math.isclose(details["dense"]["perplexity"], math.exp(sum(dense_nll) / len(nll)), rel_tol=1e-4)
+    ids = tokenizer(prompt, return_tensors="pt").input_ids
+    with torch.inference_mode():
+        expected = physical.generate(ids, max_new_tokens=12, do_sample=False, pad_token_id=0)
+    assert pruned == tokenizer.decode(expected[0, ids.shape[1]:], skip_special_tokens=True)
+    with torch.inference_mode():
+        expected = model.generate(ids, max_new_tokens=12, do_sample=False, pad_token_id=0)
+    assert dense == tokenizer.decode(expected[0, ids.shape[1]:], skip_special_tokens=True)
+
+
+def test_eight_visitors_at_once_all_answered_with_their_place_in_line(tiny_model_dir):
+    config = tiny_config(tiny_model_dir)
+    store = ModelStore(config)
+    demo = build_demo(config, store)
+    demo.launch(prevent_thread_lock=True, server_name="127.0.0.1", server_port=free_port(), quiet=True)
+    clients = [Client(demo.local_url, verbose=False) for _ in range(8)]
+    try:
+        jobs = [c.submit(str(tiny_model_dir), "last", 0, 2, f"Visitor {i} asks", 48, 0, 0, api_name="/run")
+                for i, c in enumerate(clients)]
+        finals = [job.result(timeout=600) for job in jobs]
+        statuses = [str(update[0]) for job in jobs for update in job.outputs()]
+        assert all(final[0] == "Done." and final[1] and final[2] for final in finals), [f[0] for f in finals]
+        assert any("in line" in s for s in statuses), statuses  # someone waited and was told where
+        assert len(store._models) == 1 and store.loaded(str(tiny_model_dir)).turns.length == 0
+    finally:
+        for c in clients:
+            c.close()
+        demo.close()
+
+
+def test_a_cancelled_request_leaves_the_next_unharmed(tiny_model_dir):
+    config = tiny_config(tiny_model_dir, max_new_tokens=240)
+    store = ModelStore(config)
+    demo = build_demo(config, store)
+    demo.launch(prevent_thread_lock=True, server_name="127.0.0.1", server_port=free_port(), quiet=True)
+    client = Client(demo.local_url, verbose=False)
+    try:
+        job = client.submit(str(tiny_model_dir), "last", 0, 2, "A long story", 240, 0, 0, api_name="/run")
+        deadline = time.monotonic() + 300
+        while not any("answering" in str(o[0]) for o in job.outputs()) and time.monotonic() < deadline:
+            assert not job.done(), job.exception()
+            time.sleep(0.05)
+        assert job.cancel()
+        entry = store.loaded(str(tiny_model_dir))
+        while entry.turns.length and time.monotonic() < deadline:  # the cancelled run gives its turn back
+            time.sleep(0.1)
+        assert entry.turns.length == 0
+        status, dense, pruned, *_ , details = run(client, str(tiny_model_dir), method="last", new_tokens=8)
+        assert status == "Done." and details["dense"]["tokens"] == 8 and details["pruned"]["tokens"] == 8
+    finally:
+        client.close()
+        demo.close()
+
+
+def test_offline_is_detected_once_and_fast(monkeypatch, tiny_model_dir):
+    from huggingface_hub import constants
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        closed = s.getsockname()[1]  # nothing listens here once the socket is closed
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    monkeypatch.setenv("HF_ENDPOINT", f"http://127.0.0.1:{closed}")
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
+    calls = []
+    real = socket.create_connection
+    monkeypatch.setattr(socket, "create_connection", lambda *a, **k: calls.append(a) or real(*a, **k))
+    online.forget()
+    try:
+        start = time.perf_counter()
+        assert not online.hub_online() and not online.hub_online()
+        assert len(calls) == 1 and time.perf_counter() - start < 5
+        assert constants.HF_HUB_OFFLINE and os.environ["HF_HUB_OFFLINE"] == "1"
+        store = ModelStore(tiny_config(tiny_model_dir))
+        start = time.perf_counter()
+        with pytest.raises(SlebError, match="unreachable"):
+            store.get("someone/no-such-model")
+        assert time.perf_counter() - start < 5 and len(calls) == 1  # no retries, no second probe
+    finally:
+        online.forget()
+
+
+def test_shipped_orders_come_first_and_are_complete(tiny_model_dir, tmp_path, monkeypatch):
+    orders = shipped_orders()
+    assert orders, "sleb/orders holds no order file"
+    for order in orders:
+        assert order.result.num_blocks == 30 and order.command.startswith("python -m sleb.orders"), order.path
+        assert order.result.settings["calibration"]["num_tokens"] > 0
+    smollm = model_defaults(DEFAULT_BASE_ID)
+    assert smollm["ratio"] == 0.1 and smollm["why"]
+    shipped = find_order(DEFAULT_BASE_ID, smollm["method"], 30)
+    assert shipped is not None and shipped.max_remove >= 3, "the default model's default order does not ship"
+    # A tiny model's order written by the documented command is used with no search at all.
+    monkeypatch.setenv("SLEB_ORDERS_DIR", str(tmp_path / "orders"))
+    assert write_orders([str(tiny_model_dir), "--method", "block-influence", "--num-remove", "3", "--nsamples", "2",
+                         "--seqlen", "32", "--quiet"]) == 0
+    written = json.loads(next((tmp_path / "orders").glob("*-block-influence.json")).read_text())
+    assert written["search"]["method"] == "block-influence" and len(written["search"]["order"]) == 3
+    config = tiny_config(tiny_model_dir)
+    store = ModelStore(config)
+    entry = store.get(str(tiny_model_dir))
+    assert search_plan(store, entry, "block-influence", 2, config.calibration)["rounds"] == 0
+    assert search_plan(store, entry, "sleb", 2, config.calibration)["rounds"] == 2
+    state = Path(os.environ["SLEB_STATE_DIR"])
+    for file in state.glob("*"):
+        file.unlink()
+    steps = list(removal_steps(store, entry, "block-influence", 2, config.calibration))
+    assert steps[-1].source.startswith("shipped") and steps[-1].result.removed(2) == written["search"]["order"][:2]
+    assert not list(state.glob("*"))  # nothing was searched
+
+
 def test_both_sides_answer_with_speed_and_fewer_blocks(app, tiny_model_dir):
-    status, dense, pruned, table, _plot, details = run(app, str(tiny_model_dir))
+    status, dense, pruned, _healed, table, _plot, details = run(app, str(tiny_model_dir))
     assert status == "Done."
     assert dense and pruned, details
     assert details["dense"]["blocks"] == 6 and details["pruned"]["blocks"] == 4
@@ -71,7 +205,10 @@ def test_both_sides_answer_with_speed_and_fewer_blocks(app, tiny_model_dir):
         assert stats["tokens"] == 6 and stats["done"], stats
         assert stats["ttft_s"] > 0 and stats["total_s"] >= stats["ttft_s"] and stats["decode_tok_s"] > 0, stats
         assert isinstance(stats["perplexity"], float), stats
-    assert details["speedup"]["decode"] > 0 and "speedup" in table and "tokens/s" in table
+    speed = details["speedup"]
+    assert speed["tokens_compared"] == 6 and not speed["enough"] and speed["decode"] > 0, speed
+    assert speed["ideal"]["decode"] > 1 and speed["ideal"]["ttft"] > 1, speed
+    assert "speedup" in table and "ms" in table and "Too few tokens" in table
 
 
 def test_bad_input_is_an_error_and_the_app_keeps_serving(app, tiny_model_dir):
@@ -91,8 +228,8 @@ def test_bad_input_is_an_error_and_the_app_keeps_serving(app, tiny_model_dir):
 
 @pytest.mark.slow
 def test_default_model_through_the_app(app):
-    status, dense, pruned, _table, _plot, details = run(app, "default", prompt="What is the capital of France?",
-                                                        blocks=1, new_tokens=8)
+    status, dense, pruned, _healed, _table, _plot, details = run(app, "default", blocks=1, new_tokens=8,
+                                                                 prompt="What is the capital of France?")
     assert status == "Done." and "Paris" in dense, dense
     assert pruned, details
     assert details["chat_template"] and details["num_blocks"] == 30 and details["pruned"]["blocks"] == 29
@@ -168,3 +305,53 @@ def test_space_dry_run_writes_a_deployable_folder(tmp_path):
     failed = subprocess.run([sys.executable, str(ROOT / "space" / "deploy.py"), "--repo-id", "someone/space"],
                             capture_output=True, text=True, timeout=120, env={"HF_HUB_OFFLINE": "1", "PATH": ""})
     assert failed.returncode == 2 and "unreachable" in failed.stderr, failed.stderr
+
+
+def test_space_folder_starts_from_its_own_files_and_answers(tmp_path, tiny_model_dir):
+    """The dry-run folder, alone: its imports are its own `sleb` or pinned in its requirements.txt, and it answers."""
+    import ast
+    from importlib.metadata import packages_distributions
+
+    out = tmp_path / "space"
+    subprocess.run([sys.executable, str(ROOT / "space" / "deploy.py"), "--dry-run", "--out", str(out)], check=True,
+                   capture_output=True, timeout=120)
+    pinned = {line.split("==")[0].strip().lower().replace("_", "-")
+              for line in (out / "requirements.txt").read_text().splitlines() if "==" in line}
+    distributions = packages_distributions()
+    for path in out.rglob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Import | ast.ImportFrom) and not getattr(node, "level", 0):
+                for name in [a.name for a in node.names] if isinstance(node, ast.Import) else [node.module]:
+                    top = name.split(".")[0]
+                    if top in sys.stdlib_module_names or top in ("sleb", "__future__"):
+                        continue
+                    dists = {d.lower().replace("_", "-") for d in distributions.get(top, [])}
+                    assert dists & pinned, f"{path.relative_to(out)} imports {top}, not in requirements.txt"
+    assert (out / "sleb" / "orders" / "models.json").is_file() and list((out / "sleb" / "orders").glob("*-*.json"))
+    port = free_port()
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("PYTHON", "SLEB_"))}
+    env.update(SLEB_APP_MODEL=str(tiny_model_dir), SLEB_STATE_DIR=str(tmp_path / "state"), HF_HUB_OFFLINE="1",
+               GRADIO_SERVER_PORT=str(port), GRADIO_SERVER_NAME="127.0.0.1", SLEB_APP_NSAMPLES="2",
+               SLEB_APP_SEQLEN="32", GRADIO_ANALYTICS_ENABLED="False",
+               SLEB_DATA_DIR=str(ROOT.parent / "shared" / "data"))  # a Space reads these sets from the Hub
+    log = (tmp_path / "space.log").open("w")
+    server = subprocess.Popen([sys.executable, "-s", "app.py"], cwd=out, env=env, stdout=log, stderr=subprocess.STDOUT)
+    try:
+        deadline = time.monotonic() + 300
+        while time.monotonic() < deadline:
+            try:
+                client = Client(f"http://127.0.0.1:{port}/", verbose=False)
+                break
+            except Exception:
+                assert server.poll() is None, (tmp_path / "space.log").read_text()[-3000:]
+                time.sleep(1)
+        status, dense, pruned, *_ = client.predict(str(tiny_model_dir), "last", 0, 2, "Hello there", 6, 0, 0,
+                                                    api_name="/run")
+        client.close()
+        assert status == "Done." and dense and pruned
+        text = (tmp_path / "space.log").read_text()
+        assert f"from {out / 'sleb'}" in text, text[-3000:]  # the folder's own sleb, not the installed one
+    finally:
+        server.terminate()
+        server.wait(timeout=60)
+        log.close()

@@ -30,6 +30,7 @@ from typing import Any
 
 import yaml
 
+from sleb import names as naming
 from sleb.errors import SlebError
 from sleb.evaluate import PPL_SETS
 from sleb.loading import DEFAULT_BASE_ID, DEFAULT_MODEL, DTYPES
@@ -322,13 +323,8 @@ class Manifest:
         return [by_name[n] for n in dict.fromkeys(only)]
 
 
-def percent_label(ratio: float) -> str:
-    """10 for 0.1, 12p5 for 0.125: the ratio as a name-safe percentage."""
-    return f"{ratio * 100:.6g}".replace(".", "p")
-
-
 def variant_name(base: Base, ratio: float) -> str:
-    return f"{base.name}-{base.settings['method']}-{percent_label(ratio)}"
+    return naming.variant_name(base.name, base.settings["method"], ratio)
 
 
 def base_variants(base: Base, org: str) -> list[Variant]:

@@ -1,7 +1,11 @@
 """The demo app: dense vs pruned side by side in Gradio (`python app.py`), also deployable as a Space.
 
-- `models`: settings (`DemoConfig`), the zoo manifest, size checks before loading, the model cache.
-- `engine`: removal orders, streamed generation with timings, perplexity; no UI.
+- `models`: settings (`DemoConfig`), per-model defaults, size checks before loading, the model cache.
+- `engine`: removal orders (shipped, zoo, or searched with a cost estimate), streamed generation with
+  per-token timings, fair speed comparison, perplexity, `prepare` before serving; no UI.
+- `online`: one quick probe of the Hub, remembered (offline mode otherwise).
+- `turns`: first come, first served access to a model, with each visitor's place in line.
+- `zoo`: the zoo's variants and the orders they publish.
 - `report`: the removal picture and the dense-vs-pruned table.
 - `ui`: the Gradio page (`build_demo`).
 """

@@ -10,10 +10,11 @@ from __future__ import annotations
 
 import logging
 import queue
+import statistics
 import threading
 import time
 from collections.abc import Iterator, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 
 import torch
 from transformers.generation.streamers import BaseStreamer
@@ -21,9 +22,11 @@ from transformers.generation.streamers import BaseStreamer
 from ..calibration import CalibrationSpec, model_context
 from ..errors import SlebError
 from ..evaluate import ppl_text
+from ..orders import find_order
 from ..perplexity import perplexity, token_windows
 from ..prune import METHODS, find_removal, search_key, state_dir
 from ..search import SearchResult, SearchState
+from ..speed import decode_flops, prefill_flops
 from .models import DemoConfig, LoadedModel, ModelStore
 
 log = logging.getLogger(__name__)
@@ -60,38 +63,86 @@ class SearchStep:
     source: str = ""
 
 
+def _order_for(store: ModelStore, entry: LoadedModel, method: str, k: int) -> tuple[SearchResult | None, str]:
+    """An order that is already known: shipped with sleb, then the zoo's, then one computed here earlier."""
+    shipped = find_order(entry.base_id, method, entry.num_blocks)
+    for result, source in ((shipped, "shipped"), (store.zoo_result(entry, method), "zoo"),
+                           (entry.results.get(method), "cached search")):
+        if result is not None and result.max_remove >= k:
+            return result, result.settings.get("source") or source
+    return None, ""
+
+
+def _search_state(entry: LoadedModel, calibration) -> SearchState:
+    """find_removal's own state file, named here so the rounds already done can be read and skipped."""
+    key = search_key(entry.model, calibration, "sleb", EARLY_BARRIER, LATTER_BARRIER, 0, False)
+    return SearchState(state_dir() / f"sleb-{key}.json", key)
+
+
+# Fast SLEB scores a candidate with about half a forward pass (prefix reuse, bounded scoring; see README).
+SEARCH_FORWARD_SHARE = 0.6
+
+
+def search_plan(store: ModelStore, entry: LoadedModel, method: str, k: int, spec: CalibrationSpec) -> dict:
+    """What finding the order for `k` blocks costs: 0 rounds when it is known, else rounds and estimated time."""
+    result, source = _order_for(store, entry, method, k)
+    if result is not None or k == 0:
+        return {"rounds": 0, "seconds": 0.0, "source": source or "none"}
+    tokens = spec.tokens or spec.nsamples * spec.seqlen
+    total = entry.num_blocks
+    if method == "sleb":
+        done = len(_search_state(entry, entry.calibration(spec)).load()) if entry.has_calibration(spec) else 0
+        rounds = list(range(done, k))
+        forwards = sum((total - r - EARLY_BARRIER - LATTER_BARRIER) * SEARCH_FORWARD_SHARE for r in rounds)
+    elif method == "oneshot-ppl":
+        rounds, forwards = [0], total - EARLY_BARRIER - LATTER_BARRIER
+    else:  # one forward pass (block influence, angular) or none (last, random)
+        rounds, forwards = [0], 1 if method in ("block-influence", "angular") else 0
+    seconds = forwards * tokens / entry.forward_tok_s
+    return {"rounds": len(rounds), "seconds": round(seconds, 1), "tokens": tokens, "source": "search",
+            "forward_tok_s": round(entry.forward_tok_s, 1)}
+
+
+def plan_text(plan: dict, method: str, k: int) -> str:
+    if plan["rounds"] == 0:
+        return f"Order for {k} blocks: {plan['source']} (no search needed)." if k else "Nothing removed."
+    minutes = plan["seconds"] / 60
+    when = f"about {minutes:.0f} min" if minutes >= 1 else f"about {plan['seconds']:.0f} s"
+    return (f"**{method} must search first**: {plan['rounds']} round(s) on {plan['tokens']:,} calibration tokens, "
+            f"{when} on this machine now (a forward pass runs at {plan['forward_tok_s']:,.0f} tokens/s here; other "
+            f"visitors share the CPU). Stop cancels it after the current round; finished rounds are kept.")
+
+
 def removal_steps(store: ModelStore, entry: LoadedModel, method: str, k: int,
                   spec: CalibrationSpec) -> Iterator[SearchStep]:
     """Find the removal order for `k` blocks, yielding after each SLEB round so the caller can show and cancel.
 
-    The zoo's order is used where it covers `k`, then an order computed earlier; otherwise
-    SLEB runs round by round through `find_removal` (its state file makes every finished
-    round free to reuse, and the order is nested, so a larger `k` later only adds rounds).
-    A baseline is computed once up to the demo's cap. Each round holds the model's lock,
-    so generation for other users runs between rounds.
+    A shipped order is used where it covers `k`, then the zoo's, then an order computed
+    earlier; otherwise SLEB runs round by round through `find_removal` (its state file makes
+    every finished round free to reuse, and the order is nested, so a larger `k` later only
+    adds rounds). A baseline is computed once up to the demo's cap. Each round takes a turn
+    on the model, so other visitors' answers run between rounds.
     """
     if method not in METHODS:
         raise SlebError(f"Unknown method {method!r}; choose one of: {', '.join(METHODS)}.")
-    for result, source in ((store.zoo_result(entry, method), "zoo"), (entry.results.get(method), "cached search")):
-        if result is not None and result.max_remove >= k:
-            yield SearchStep(k, k, result, result.settings.get("source") or source)
-            return
+    result, source = _order_for(store, entry, method, k)
+    if result is not None:
+        yield SearchStep(k, k, result, source)
+        return
     calibration = entry.calibration(spec)
     if method != "sleb":
-        with entry.lock:
+        with entry.turn(), entry.lock:
             result = find_removal(entry.model, calibration, max_removable(entry.num_blocks, store.config.max_ratio),
                                   method, early_barrier=EARLY_BARRIER, latter_barrier=LATTER_BARRIER, progress=False)
         entry.results[method] = result
         yield SearchStep(k, k, result, "computed")
         return
-    # find_removal's own state file, named here so the rounds already done can be read and skipped.
-    key = search_key(entry.model, calibration, "sleb", EARLY_BARRIER, LATTER_BARRIER, 0, False)
-    path = state_dir() / f"sleb-{key}.json"
-    done = min(len(SearchState(path, key).load()), k)
+    state = _search_state(entry, calibration)
+    done = min(len(state.load()), k)
     for j in range(max(done, 1), k + 1):
-        with entry.lock:
+        with entry.turn(), entry.lock:
             result = find_removal(entry.model, calibration, j, "sleb", early_barrier=EARLY_BARRIER,
-                                  latter_barrier=LATTER_BARRIER, progress=False, state_path=path)
+                                  latter_barrier=LATTER_BARRIER, progress=False, state_path=state.path)
         if result.max_remove > getattr(entry.results.get("sleb"), "max_remove", 0):
             entry.results["sleb"] = result
         yield SearchStep(j, k, result if j == k else None, "computed" if k > done else "cached search")
@@ -112,7 +163,11 @@ class GenSettings:
 
 @dataclass
 class GenStats:
-    """Measured on one side: tokens, time to first token, decode speed (after the first token), total time."""
+    """Measured on one side: tokens, time to first token, decode speed (after the first token), total time.
+
+    `times` holds each new token's arrival, in seconds from the start of generation, so two
+    sides can be compared over the same number of tokens (see `compare_speed`).
+    """
 
     tokens: int = 0
     ttft_s: float | None = None
@@ -120,9 +175,10 @@ class GenStats:
     total_s: float | None = None
     wait_s: float = 0.0  # waiting for the model (another user's run)
     done: bool = False
+    times: list[float] = field(default_factory=list, repr=False)
 
     def as_dict(self) -> dict:
-        return {k: round(v, 4) if isinstance(v, float) else v for k, v in asdict(self).items()}
+        return {k: round(v, 4) if isinstance(v, float) else v for k, v in asdict(self).items() if k != "times"}
 
 
 def encode_prompt(entry: LoadedModel, prompt: str, max_tokens: int, max_new_tokens: int = 0) -> torch.Tensor:
@@ -226,6 +282,7 @@ def stream_generate(entry: LoadedModel, input_ids: torch.Tensor, removed: Sequen
                     first = at
                     stats.ttft_s = at - start
                 last, stats.tokens = at, len(ids)
+                stats.times += [at - start] * len(value)
                 yield entry.tokenizer.decode(ids, skip_special_tokens=True), stats
             elif kind == "end":
                 stats.total_s = at - start
@@ -238,14 +295,43 @@ def stream_generate(entry: LoadedModel, input_ids: torch.Tensor, removed: Sequen
         stop.set()  # the caller stopped reading (Stop, or an error): end the worker early
 
 
-def speedup(dense: GenStats, pruned: GenStats) -> dict:
-    """Pruned over dense: decode speed ratio, and dense/pruned for time to first token and total time."""
+MIN_COMPARED_TOKENS = 16  # fewer decode steps than this on either side: the speed figure means little
+
+
+def compare_speed(dense: GenStats, pruned: GenStats, ideal: dict | None = None) -> dict:
+    """Pruned vs dense over the same number of new tokens (the shorter answer's length).
+
+    Decode speed is the median time per token over tokens 2..n of each side (the first is the
+    prefill), so a side that stopped early at EOS is not compared with a longer one; time to
+    first token depends only on the prompt, the same on both sides. `enough` is False when n
+    is below `MIN_COMPARED_TOKENS`. `ideal` (FLOP ratios) is carried along for the table.
+    """
+    n = min(len(dense.times), len(pruned.times))
+
+    def per_token(stats: GenStats) -> float | None:
+        steps = [b - a for a, b in zip(stats.times[: n - 1], stats.times[1:n], strict=True)] if n > 1 else []
+        return statistics.median(steps) if steps else None
 
     def ratio(a, b):
         return round(a / b, 3) if a and b else None
 
-    return {"decode": ratio(pruned.decode_tok_s, dense.decode_tok_s), "ttft": ratio(dense.ttft_s, pruned.ttft_s),
-            "total": ratio(dense.total_s, pruned.total_s)}
+    d, p = per_token(dense), per_token(pruned)
+    return {"tokens_compared": n, "enough": n >= MIN_COMPARED_TOKENS,
+            "dense_ms_per_token": round(1e3 * d, 2) if d else None,
+            "pruned_ms_per_token": round(1e3 * p, 2) if p else None,
+            "decode": ratio(d, p), "ttft": ratio(dense.ttft_s, pruned.ttft_s),
+            "time_to_n": ratio(dense.times[n - 1], pruned.times[n - 1]) if n else None,
+            "ideal": ideal or {}}
+
+
+def ideal_speedup(entry: LoadedModel, removed: Sequence[int], prompt_tokens: int, new_tokens: int) -> dict:
+    """The FLOP ratio dense / pruned for this prompt: prefill (time to first token) and decode."""
+    dense = entry.flop_counts
+    gone = sum(p.numel() for i in removed for p in entry.layout.blocks[i].parameters() if p.dim() >= 2)
+    pruned = {**dense, "blocks": dense["blocks"] - gone, "num_blocks": dense["num_blocks"] - len(removed)}
+    steps = max(1, new_tokens - 1)
+    return {"ttft": round(prefill_flops(dense, prompt_tokens) / prefill_flops(pruned, prompt_tokens), 3),
+            "decode": round(decode_flops(dense, prompt_tokens, steps) / decode_flops(pruned, prompt_tokens, steps), 3)}
 
 
 # --- perplexity -----------------------------------------------------------------------------------------------------
@@ -267,3 +353,26 @@ def perplexity_of(entry: LoadedModel, removed: Sequence[int], config: DemoConfig
         result = perplexity(entry.model, windows)
     entry.ppl[key] = {**result, "data": f"wikitext2 test ({source})"}
     return entry.ppl[key]
+
+
+def prepare(store: ModelStore) -> LoadedModel:
+    """Before serving: load the default model and work out what its first request would otherwise pay for.
+
+    Loads (and warms up) the model, reads its default order, and computes the perplexity of
+    the dense model and of the default pruning, so a first visitor only waits for the answers.
+    """
+    config = store.config
+    start = time.perf_counter()
+    entry = store.get(config.default_model)
+    defaults = store.defaults_for(config.default_model)
+    k = blocks_to_remove(entry.num_blocks, defaults["ratio"], None, config.max_ratio)
+    result, source = _order_for(store, entry, defaults["method"], k)
+    try:
+        perplexity_of(entry, [], config)
+        if result is not None:
+            perplexity_of(entry, result.removed(k), config)
+    except SlebError as exc:  # no evaluation text here: the page shows "n/a" with the reason
+        log.warning("Perplexity not prepared: %s", exc)
+    log.info("Ready in %.1f s: %s, default %s %d of %d blocks (order: %s)", time.perf_counter() - start, entry.name,
+             defaults["method"], k, entry.num_blocks, source or "searched on the first request")
+    return entry

@@ -14,7 +14,10 @@ import math
 import os
 import struct
 import threading
+import time
 from collections import OrderedDict
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -24,13 +27,19 @@ from ..blocks import BlockLayout, BlockSwitch, find_blocks
 from ..calibration import Calibration, CalibrationSpec, build_calibration
 from ..errors import SlebError
 from ..loading import DEFAULT_BASE_ID, DEFAULT_MODEL, DEFAULT_PACKAGE, ModelSource, load_model, resolve
+from ..names import variant_name
+from ..orders import model_defaults, order_name
 from ..search import SearchResult
+from ..speed import matmul_params
+from .online import hub_online
+from .turns import Turns
 from .zoo import ZooOrders, ZooVariant, load_zoo
 
 log = logging.getLogger(__name__)
 
 ROOT = Path(__file__).resolve().parents[2]
 ZOO_PREFIX = "zoo:"  # picker values of zoo variants
+GENERIC_RATIO = 0.1  # default ratio of a model without an entry in sleb/orders/models.json
 
 
 def embedded_default_available() -> bool:
@@ -56,10 +65,12 @@ class DemoConfig:
     max_models: int = 2
     ppl_windows: int = 2
     ppl_seqlen: int = 256
-    concurrency: int = 4
-    queue_size: int = 32
+    concurrency: int = 16  # handlers at once; they take turns on a model (positions shown), so keep it high
+    queue_size: int = 64
     allow_local_paths: bool = True
     manifest: Path = ROOT / "zoo" / "manifest.yaml"
+    healed_dir: Path | None = None  # folders of healed checkpoints, named `<variant>-healed` (SLEB_APP_HEALED_DIR)
+    preload: bool = False  # load the default model (and its default order's perplexity) before serving
 
     @classmethod
     def from_env(cls) -> DemoConfig:
@@ -70,8 +81,10 @@ class DemoConfig:
                                seqlen=int(env.get("SLEB_APP_SEQLEN", 128)))
         return cls(default_model=default, calibration=spec,
                    max_params=int(float(env.get("SLEB_APP_MAX_PARAMS", 2e9))),
-                   concurrency=int(env.get("SLEB_APP_CONCURRENCY", 4)),
-                   allow_local_paths=env.get("SLEB_APP_LOCAL_PATHS", "1") != "0")
+                   concurrency=int(env.get("SLEB_APP_CONCURRENCY", 16)),
+                   allow_local_paths=env.get("SLEB_APP_LOCAL_PATHS", "1") != "0",
+                   healed_dir=Path(env["SLEB_APP_HEALED_DIR"]) if env.get("SLEB_APP_HEALED_DIR") else None,
+                   preload=env.get("SLEB_APP_PRELOAD", "1") != "0")
 
     def calibration_text(self) -> str:
         spec = self.calibration
@@ -122,7 +135,7 @@ def hub_params(repo_id: str) -> int:
 
     offline_hint = (f"Download {repo_id} where the Hub is reachable and type the path of its local folder instead, "
                     "or pick the embedded default model.")
-    if constants.is_offline_mode():
+    if not hub_online() or constants.is_offline_mode():
         cached = try_to_load_from_cache(repo_id, "config.json")
         if not isinstance(cached, str):
             raise SlebError(f"The Hugging Face Hub is unreachable (offline mode) and {repo_id} is not in the "
@@ -162,6 +175,22 @@ class LoadedModel:
     ppl: dict[tuple[int, ...], dict] = field(default_factory=dict)  # removed set -> perplexity
     _calibration: dict[str, Calibration] = field(default_factory=dict)
     ppl_windows: object = None
+    turns: Turns = field(default_factory=Turns)  # first come, first served; positions shown to visitors
+    forward_tok_s: float = 1000.0  # measured at load: what a search here will cost
+    flop_counts: dict = field(default_factory=dict)  # matmul weights per part (sleb.speed), for ideal speedups
+
+    @contextmanager
+    def turn(self) -> Iterator[None]:
+        """Wait for this model's turn (first come, first served) and hold it for the `with` block."""
+        ticket = self.turns.take()
+        try:
+            self.turns.wait(ticket)
+            yield
+        finally:
+            self.turns.give_back(ticket)
+
+    def has_calibration(self, spec: CalibrationSpec) -> bool:
+        return repr(spec) in self._calibration
 
     @property
     def num_blocks(self) -> int:
@@ -207,6 +236,22 @@ class ModelStore:
             out.append(embedded)
         return out + [(v.label, ZOO_PREFIX + v.repo) for v in self.zoo if not v.requires_gpu]
 
+    def defaults_for(self, value: str | None) -> dict:
+        """The method and ratio a model starts with, and why: a zoo variant's own, else `sleb/orders/models.json`."""
+        value = (value or "").strip() or self.config.default_model
+        variant = self.zoo_variant(value)
+        if variant is not None:
+            return {"method": variant.method, "ratio": variant.ratio,
+                    "why": f"{variant.ratio:.0%} by {variant.method}: the zoo variant {variant.repo}."}
+        base = DEFAULT_BASE_ID if value == DEFAULT_MODEL else value
+        with self._lock:
+            entry = self._models.get(value)
+        base = entry.base_id if entry is not None else base
+        found = model_defaults(base)
+        return {"method": found.get("method", "sleb"), "ratio": float(found.get("ratio", GENERIC_RATIO)),
+                "why": found.get("why") or f"{GENERIC_RATIO:.0%} by default: a safe start for a model this demo has "
+                                           "no study of; try more and watch the perplexity."}
+
     def zoo_variant(self, value: str) -> ZooVariant | None:
         if not value.startswith(ZOO_PREFIX):
             return None
@@ -235,6 +280,22 @@ class ModelStore:
         if fallback and fallback != DEFAULT_MODEL and Path(fallback).expanduser().exists():
             return fallback
         return variant.model
+
+    def loaded(self, value: str | None) -> LoadedModel | None:
+        """The model for a picker value if it is already in memory (nothing is loaded)."""
+        return self._cached(self.model_name(value))
+
+    def healed_folder(self, entry: LoadedModel, method: str, k: int) -> Path | None:
+        """A healed checkpoint of this pruning, if one is there: `<healed_dir>/<variant name>-healed`.
+
+        The name is the zoo's (`sleb.names.variant_name`, e.g. `smollm2-135m-instruct-sleb-10-healed`).
+        Nothing uses it yet: the healed column is filled in once healing lands (see `ui.make_run`).
+        """
+        if not self.config.healed_dir or not k:
+            return None
+        name = variant_name(order_name(entry.base_id), method, round(k / entry.num_blocks, 4), healed=True)
+        folder = Path(self.config.healed_dir) / name
+        return folder if (folder / "config.json").is_file() else None
 
     def get(self, value: str | None) -> LoadedModel:
         """The loaded model for a picker value, loading it (after the size check) if needed."""
@@ -275,7 +336,13 @@ class ModelStore:
         with torch.inference_mode():  # warm-up, so the first user's timings are not a cold start
             model.generate(torch.tensor([[tokenizer.bos_token_id or 0]]), max_new_tokens=2, do_sample=False,
                            pad_token_id=tokenizer.eos_token_id)
+            ids = torch.randint(3, max(4, min(model.config.vocab_size, 1000)), (1, 64))
+            start = time.perf_counter()
+            model(ids)  # how fast a forward pass is here, for the cost of a search
+            forward_tok_s = ids.numel() / max(time.perf_counter() - start, 1e-6)
         switch = BlockSwitch(layout.blocks)
         switch.__enter__()  # bypass by flag for the model's lifetime here; restored only with the model
-        log.info("Loaded %s: %d blocks (%s)", name, len(layout.blocks), layout.block_class)
-        return LoadedModel(name=name, model=model, tokenizer=tokenizer, source=source, layout=layout, switch=switch)
+        log.info("Loaded %s: %d blocks (%s), forward %.0f tokens/s", name, len(layout.blocks), layout.block_class,
+                 forward_tok_s)
+        return LoadedModel(name=name, model=model, tokenizer=tokenizer, source=source, layout=layout, switch=switch,
+                           forward_tok_s=forward_tok_s, flop_counts=matmul_params(model))

@@ -90,31 +90,53 @@ def _fmt(value, unit: str = "", digits: int = 2) -> str:
     return f"{value:,.{digits}f}{unit}"
 
 
-def stats_table(dense: dict, pruned: dict, speed: dict) -> str:
-    """A Markdown table: blocks, parameters, speed and perplexity of both sides, and the speedups."""
+def stats_table(sides: dict[str, dict], speeds: dict[str, dict]) -> str:
+    """A Markdown table, one column per side (dense first, then pruned, then any other such as healed).
+
+    `speeds[name]` is `engine.compare_speed(dense, name)` for each side but dense: decode time
+    per token and time to first token as ratios over the same number of tokens, beside the
+    ideal ratios (FLOPs).
+    """
+    names = list(sides)
 
     def row(label, key, fmt):
-        return f"| {label} | {fmt(dense.get(key))} | {fmt(pruned.get(key))} |"
+        return f"| {label} | " + " | ".join(fmt(sides[n].get(key)) for n in names) + " |"
 
     def ppl(v):
         return _fmt(v, digits=2) if isinstance(v, (int, float)) else (v or "–")
 
-    def speedup(v):
-        return f"**{v:.2f}x**" if v else "–"
+    def ms(name):
+        speed = speeds.get(name) or next(iter(speeds.values()), {})
+        value = speed.get("dense_ms_per_token" if name == "dense" else "pruned_ms_per_token")
+        return _fmt(value, " ms", 1)
+
+    def ratio(name, key):
+        speed = speeds.get(name)
+        if not speed:
+            return "1x (reference)"
+        measured, ideal = speed.get(key), (speed.get("ideal") or {}).get(key)
+        text = f"**{measured:.2f}x**" if measured else "–"
+        return text + (f" (ideal {ideal:.2f}x)" if ideal else "")
 
     lines = [
-        "| | dense | pruned |", "|---|---|---|",
+        "| | " + " | ".join(names) + " |", "|---" * (len(names) + 1) + "|",
         row("blocks", "blocks", lambda v: "–" if v is None else str(v)),
         row("parameters", "parameters", lambda v: "–" if v is None else f"{v / 1e6:,.1f}M"),
-        row("time to first token", "ttft_s", lambda v: _fmt(v, " s", 3)),
-        row("decode speed", "decode_tok_s", lambda v: _fmt(v, " tokens/s", 1)),
-        row("total time", "total_s", lambda v: _fmt(v, " s", 2)),
         row("new tokens", "tokens", lambda v: "–" if v is None else str(v)),
+        row("time to first token", "ttft_s", lambda v: _fmt(v, " s", 3)),
+        "| decode, median per token | " + " | ".join(ms(n) for n in names) + " |",
+        "| **speedup**, decode (ideal: FLOP ratio) | " + " | ".join(ratio(n, "decode") for n in names) + " |",
+        "| **speedup**, first token (ideal) | " + " | ".join(ratio(n, "ttft") for n in names) + " |",
         row("perplexity (WikiText-2)", "perplexity", ppl),
-        f"| **speedup** (pruned vs dense) | decode {speedup(speed.get('decode'))} | "
-        f"first token {speedup(speed.get('ttft'))}, total {speedup(speed.get('total'))} |",
         "",
-        "*Measured in this run on this machine, batch 1, one side after the other; other users' runs share the CPU, "
-        "so run again to compare.*",
     ]
+    compared = [s for s in speeds.values() if s.get("tokens_compared") is not None]
+    if compared:
+        n = min(s["tokens_compared"] for s in compared)
+        lines.append(f"*Speed compared over the first {n} new tokens of every answer (the shortest answer's "
+                     "length), so no side is timed on more tokens than another; batch 1, one side after the "
+                     "other, on a CPU shared with other visitors: run again to compare.*")
+        if not all(s.get("enough") for s in compared):
+            lines.append(f"\n**Too few tokens to mean much:** the shortest answer has only {n} new tokens; the "
+                         "decode figures rest on them alone. Ask for a longer answer (or more new tokens).")
     return "\n".join(lines)

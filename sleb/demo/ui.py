@@ -2,7 +2,11 @@
 
 `build_demo(config)` returns the Blocks; the handlers are thin: they call `engine` and turn
 `SlebError` (and anything unexpected) into a `gr.Error` that says what to do, so one
-user's mistake never stops the app for the others.
+user's mistake never stops the app for the others. Visitors take turns on a model, first
+come first served, and see their place in the line while they wait.
+
+The healed column: the page has a third answer box (`#healed`, hidden) and the table takes
+any number of sides; `run` marks where a healed model's answer goes (`healed_folder`).
 """
 
 from __future__ import annotations
@@ -19,10 +23,13 @@ from .engine import (
     GenSettings,
     GenStats,
     blocks_to_remove,
+    compare_speed,
     encode_prompt,
+    ideal_speedup,
     perplexity_of,
+    plan_text,
     removal_steps,
-    speedup,
+    search_plan,
     stream_generate,
 )
 from .models import DemoConfig, ModelStore
@@ -39,9 +46,9 @@ METHOD_LABELS = {
     "random": "random blocks",
 }
 EXAMPLES = [
+    "Explain in two sentences why the sky is blue.",
     "What is the capital of France?",
     "Write a haiku about autumn leaves.",
-    "Explain in two sentences why the sky is blue.",
     "Give me three tips for learning to program.",
 ]
 TRACK_TQDM = gr.Progress(track_tqdm=True)  # shows find_removal's progress bars in the page
@@ -62,73 +69,129 @@ def _side(blocks: int, parameters: int | None, stats: GenStats, ppl=None) -> dic
     return {"blocks": blocks, "parameters": parameters, **stats.as_dict(), "perplexity": ppl}
 
 
+def _ordinal(n: int) -> str:
+    return f"{n}{'th' if 10 <= n % 100 <= 20 else {1: 'st', 2: 'nd', 3: 'rd'}.get(n % 10, 'th')}"
+
+
 def make_run(config: DemoConfig, store: ModelStore):
-    """The Run handler: a generator streaming (status, dense, pruned, table, figure, details)."""
+    """The Run handler: a generator streaming (status, dense, pruned, healed, table, figure, details)."""
 
     def run(model, method, percent, blocks, prompt, max_new_tokens, temperature, seed,
             progress=TRACK_TQDM):
-        dense = pruned = ""
-        dense_stats, pruned_stats = GenStats(), GenStats()
-        removed = []
+        texts = {"dense": "", "pruned": "", "healed": ""}
+        stats = {"dense": GenStats(), "pruned": GenStats()}
+        removed: list[int] = []
+        tickets: list[int] = []
+        entry = None
+
+        def out(status, table=""):
+            return status, texts["dense"], texts["pruned"], texts["healed"], table, gr.skip(), gr.skip()
+
+        def table():
+            params = {"dense": entry.parameters(), "pruned": entry.parameters(removed)}
+            blocks_of = {"dense": entry.num_blocks, "pruned": entry.num_blocks - len(removed)}
+            sides = {name: _side(blocks_of[name], params[name], stats[name]) for name in stats}
+            return stats_table(sides, {name: compare_speed(stats["dense"], stats[name], ideal)
+                                       for name in stats if name != "dense"})
+
+        def wait_turn(what):
+            ticket = entry.turns.take()
+            tickets.append(ticket)
+            for place, length in entry.turns.waiting(ticket):
+                yield out(f"Waiting for the model ({what}): you are {_ordinal(place - 1)} in line behind the "
+                          f"running request ({length} in all)…")
 
         try:
-            yield "Loading the model…", "", "", "", gr.skip(), gr.skip()
+            yield out("Loading the model…")
             entry = store.get(model)
-            params = [entry.parameters(), None]  # dense, pruned (once the removed blocks are known)
-
-            def table(dense_stats: GenStats, pruned_stats: GenStats) -> str:
-                return stats_table(_side(entry.num_blocks, params[0], dense_stats),
-                                   _side(entry.num_blocks - len(removed), params[1], pruned_stats),
-                                   speedup(dense_stats, pruned_stats))
-
             settings = GenSettings(max_new_tokens=max(1, min(int(max_new_tokens or 1), config.max_new_tokens)),
                                    temperature=float(temperature or 0), seed=int(seed or 0))
             k = blocks_to_remove(entry.num_blocks, (percent or 0) / 100, blocks, config.max_ratio)
             ids = encode_prompt(entry, prompt, config.max_prompt_tokens, settings.max_new_tokens)
-            for dense, dense_stats in stream_generate(entry, ids, (), settings):
-                yield "Dense model answering…", dense, pruned, table(dense_stats, pruned_stats), gr.skip(), gr.skip()
-            result, source = None, "none"
-            if k:
+            ideal = None
+            plan = search_plan(store, entry, method, k, config.calibration)
+            result, source = None, plan["source"]
+            if plan["rounds"]:
+                # Said before it starts; every round takes a turn, so other visitors' answers run in between.
+                yield out(plan_text(plan, method, k))
                 for step in removal_steps(store, entry, method, k, config.calibration):
                     progress((step.done, step.total), desc=f"{method}: {step.done} of {step.total} blocks chosen")
                     result, source = step.result, step.source
-                    yield (f"Choosing blocks to remove ({method}): {step.done} of {step.total}…", dense, pruned,
-                           table(dense_stats, pruned_stats), gr.skip(), gr.skip())
-                removed = result.removed(k)
-            params[1] = entry.parameters(removed)
-            yield "Pruned model answering…", dense, pruned, table(dense_stats, pruned_stats), gr.skip(), gr.skip()
-            for pruned, pruned_stats in stream_generate(entry, ids, removed, settings):
-                yield "Pruned model answering…", dense, pruned, table(dense_stats, pruned_stats), gr.skip(), gr.skip()
-            # Drawn only now: rendering the picture while the pruned side runs would slow its measured speed.
-            figure = removal_figure(result, k, entry.num_blocks, (EARLY_BARRIER, LATTER_BARRIER),
-                                    f"{entry.name}: {k} of {entry.num_blocks} blocks removed by {method} ({source})")
+                    yield out(f"{plan_text(plan, method, k)}\n\nSearching: {step.done} of {step.total} blocks "
+                              "chosen…")
+            elif k:
+                *_, last = removal_steps(store, entry, method, k, config.calibration)
+                result, source = last.result, last.source
+            removed = result.removed(k) if k else []
+            ideal = ideal_speedup(entry, removed, int(ids.shape[1]), settings.max_new_tokens)
+
+            # One turn for both answers: the visitor's two answers are timed back to back.
+            yield from wait_turn("answers")
+            for texts["dense"], stats["dense"] in stream_generate(entry, ids, (), settings):
+                yield out("Dense model answering…", table())
+            for texts["pruned"], stats["pruned"] in stream_generate(entry, ids, removed, settings):
+                yield out("Pruned model answering…", table())
+            # The healed column goes here: generate with the healed checkpoint of `healed_folder(...)`
+            # into texts["healed"], add its GenStats to `stats` (its speed is compared with dense like
+            # pruned's), and make the #healed box visible.
             ppl = {}
             for name, skip in (("dense", []), ("pruned", removed)):
                 try:
                     ppl[name] = round(perplexity_of(entry, skip, config)["perplexity"], 3)
                 except SlebError as exc:
                     ppl[name] = f"n/a: {exc}"
-            sides = {"dense": _side(entry.num_blocks, params[0], dense_stats, ppl["dense"]),
-                     "pruned": _side(entry.num_blocks - len(removed), params[1], pruned_stats, ppl["pruned"])}
+            entry.turns.give_back(tickets.pop())
+            # Drawn after the turn: rendering the picture must not hold up the next visitor.
+            figure = removal_figure(result, k, entry.num_blocks, (EARLY_BARRIER, LATTER_BARRIER),
+                                    f"{entry.name}: {k} of {entry.num_blocks} blocks removed by {method} ({source})")
+            sides = {"dense": _side(entry.num_blocks, entry.parameters(), stats["dense"], ppl["dense"]),
+                     "pruned": _side(entry.num_blocks - len(removed), entry.parameters(removed), stats["pruned"],
+                                     ppl["pruned"])}
+            speed = {"pruned": compare_speed(stats["dense"], stats["pruned"], ideal)}
             details = {
                 "model": entry.name, "base_model": entry.base_id, "method": method, "num_blocks": entry.num_blocks,
-                "removed": removed, "order_source": source, **sides, "speedup": speedup(dense_stats, pruned_stats),
+                "removed": removed, "order_source": source, **sides, "speedup": speed["pruned"],
                 "prompt_tokens": int(ids.shape[1]), "chat_template": entry.is_chat,
                 "decoding": vars(settings), "calibration": config.calibration_text(),
                 "perplexity_data": f"WikiText-2 test, first {config.ppl_windows} windows of {config.ppl_seqlen} tokens",
             }
-            yield ("Done.", dense, pruned, stats_table(sides["dense"], sides["pruned"], details["speedup"]),
-                   figure, details)
+            yield ("Done.", texts["dense"], texts["pruned"], texts["healed"], stats_table(sides, speed), figure,
+                   details)
         except Exception as exc:
             raise _user_error(exc) from exc
+        finally:  # also when cancelled (Stop): Gradio closes the generator, and the next visitor goes on
+            for ticket in tickets:
+                entry.turns.give_back(ticket)
 
     return run
+
+
+def make_plan(config: DemoConfig, store: ModelStore):
+    """The note under the settings: why this default, and what the chosen order costs (a search or nothing)."""
+
+    def plan(model, method, percent, blocks):
+        defaults = store.defaults_for(model)
+        lines = [f"**Default for this model:** {defaults['why']}"]
+        entry = store.loaded(model)
+        if entry is None:
+            lines.append("The cost of the removal order is shown once the model is loaded (on the first run).")
+            return "\n\n".join(lines)
+        try:
+            k = blocks_to_remove(entry.num_blocks, (percent or 0) / 100, blocks, config.max_ratio)
+            lines.append(plan_text(search_plan(store, entry, method, k, config.calibration), method, k))
+        except SlebError as exc:
+            lines.append(str(exc))
+        return "\n\n".join(lines)
+
+    return plan
 
 
 def build_demo(config: DemoConfig | None = None, store: ModelStore | None = None) -> gr.Blocks:
     """The whole page, wired to a model store; queue it and launch it."""
     config = config or DemoConfig.from_env()
     store = store or ModelStore(config)
+    start = store.defaults_for(config.default_model)
+    plan = make_plan(config, store)
     with gr.Blocks(title="SLEB: dense vs pruned") as demo:
         gr.Markdown(INTRO)
         with gr.Row():
@@ -136,21 +199,24 @@ def build_demo(config: DemoConfig | None = None, store: ModelStore | None = None
                 model = gr.Dropdown(store.choices(), value=config.default_model, allow_custom_value=True,
                                     label="Model", info="pick one, or type a Hub id (owner/name) or a local folder",
                                     elem_id="model")
-                method = gr.Dropdown([(METHOD_LABELS[m], m) for m in METHODS], value="sleb", label="Method",
-                                     elem_id="method")
-                percent = gr.Slider(0, round(100 * config.max_ratio), value=20, step=5, label="Blocks to remove (%)",
-                                    elem_id="percent")
+                method = gr.Dropdown([(METHOD_LABELS[m], m) for m in METHODS], value=start["method"],
+                                     label="Method", elem_id="method")
+                percent = gr.Slider(0, round(100 * config.max_ratio), value=round(100 * start["ratio"]), step=5,
+                                    label="Blocks to remove (%)", elem_id="percent")
                 blocks = gr.Number(0, precision=0, minimum=0, label="…or a block count (0: use the %)",
                                    elem_id="blocks")
+                plan_note = gr.Markdown(plan(config.default_model, start["method"], round(100 * start["ratio"]), 0),
+                                        elem_id="plan")
                 with gr.Accordion("Decoding", open=False):
                     max_new = gr.Slider(1, config.max_new_tokens, value=64, step=1, label="New tokens",
                                         elem_id="max-new")
                     temperature = gr.Slider(0, 1.5, value=0, step=0.05, label="Temperature (0: greedy)")
                     seed = gr.Number(0, precision=0, label="Seed (when sampling)")
                 gr.Markdown(
-                    f"Removal orders come from the zoo where it has one, else they are computed here on "
-                    f"{config.calibration_text()}: a small CPU budget (the paper uses 128 x 2048 tokens). A search "
-                    f"runs once per model and method and is cached; a larger ratio later only adds rounds. "
+                    f"Removal orders ship with sleb for the default model (a SLEB search on more calibration text "
+                    f"than a visit could wait for; see `sleb/orders/`), or come from the zoo; otherwise they are "
+                    f"computed here on {config.calibration_text()}: a small CPU budget (the paper uses 128 x 2048 "
+                    f"tokens), once per model and method, cached, and a larger ratio later only adds rounds. "
                     f"Prompts up to {config.max_prompt_tokens} tokens; the chat template is applied for chat models.",
                     elem_id="calibration-note")
             with gr.Column(scale=2):
@@ -163,26 +229,32 @@ def build_demo(config: DemoConfig | None = None, store: ModelStore | None = None
                 with gr.Row():
                     dense = gr.Textbox(label="Dense", lines=8, interactive=False, elem_id="dense")
                     pruned = gr.Textbox(label="Pruned", lines=8, interactive=False, elem_id="pruned")
+                    healed = gr.Textbox(label="Pruned and healed", lines=8, interactive=False, visible=False,
+                                        elem_id="healed")
                 table = gr.Markdown(elem_id="stats")
         plot = gr.Plot(label="What was removed", format="png", elem_id="removal-plot")
         with gr.Accordion("Details (JSON)", open=False):
             details = gr.JSON(elem_id="details")
 
         inputs = [model, method, percent, blocks, prompt, max_new, temperature, seed]
-        outputs = [status, dense, pruned, table, plot, details]
+        outputs = [status, dense, pruned, healed, table, plot, details]
         run = make_run(config, store)
         runs = [run_button.click(run, inputs, outputs, api_name="run"),
                 prompt.submit(run, inputs, outputs, api_visibility="private")]
         stop_button.click(None, cancels=runs)
-        model.change(lambda value: _zoo_preset(store, value), model, [method, percent, blocks],
-                     api_visibility="private")
+        preset = model.change(lambda value: _preset(store, value), model, [method, percent, blocks],
+                              api_visibility="private")
+        preset.then(plan, [model, method, percent, blocks], plan_note, api_visibility="private")
+        for control in (method, percent, blocks):
+            control.change(plan, [model, method, percent, blocks], plan_note, api_visibility="private")
+        for event in runs:
+            event.then(plan, [model, method, percent, blocks], plan_note, api_visibility="private")
+        demo.load(plan, [model, method, percent, blocks], plan_note, api_visibility="private")  # as of now
     demo.queue(default_concurrency_limit=config.concurrency, max_size=config.queue_size)
     return demo
 
 
-def _zoo_preset(store: ModelStore, value: str):
-    """Picking a zoo variant sets its method and ratio."""
-    variant = store.zoo_variant(value or "")
-    if variant is None:
-        return gr.skip(), gr.skip(), gr.skip()
-    return variant.method, round(100 * variant.ratio), 0
+def _preset(store: ModelStore, value: str):
+    """Picking a model sets its default method and ratio (a zoo variant: its own)."""
+    defaults = store.defaults_for(value or "")
+    return defaults["method"], round(100 * defaults["ratio"]), 0

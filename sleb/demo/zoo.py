@@ -5,7 +5,9 @@ optional `fallback` (e.g. `default`, the embedded copy), `ratios` and settings t
 override `defaults`; each base gives one variant per ratio, `<org>/<name>-<method>-<percent>`.
 A variant's `sleb.json` holds the base's whole removal order with each round's score; the
 demo reads it from a local build folder (`SLEB_ZOO_DIR`, else `build/zoo` in the project)
-or from the variant's Hub repository, and falls back to its own search when neither has it.
+or from the variant's Hub repository (only when the Hub answered the one quick probe of
+`online.hub_online`), and falls back to its own search when neither has it. Orders shipped
+in `sleb/orders/` come before both (see `engine`).
 A missing manifest is an empty zoo.
 """
 
@@ -21,7 +23,9 @@ from pathlib import Path
 import yaml
 
 from ..loading import DEFAULT_BASE_ID, DEFAULT_MODEL
+from ..names import variant_name
 from ..search import SearchResult
+from .online import hub_online
 
 log = logging.getLogger(__name__)
 
@@ -47,10 +51,6 @@ class ZooVariant:
         return f"zoo: {self.repo} ({self.method}, {self.ratio:.0%} of blocks removed)"
 
 
-def _percent(ratio: float) -> str:
-    return f"{ratio * 100:.6g}".replace(".", "p")
-
-
 def load_zoo(path: str | os.PathLike | None) -> list[ZooVariant]:
     """The variants listed in the manifest; [] when it does not exist or cannot be read."""
     if not path or not Path(path).is_file():
@@ -64,7 +64,7 @@ def load_zoo(path: str | os.PathLike | None) -> list[ZooVariant]:
             model = str(base["model"])
             base_model = base.get("base_model") or (DEFAULT_BASE_ID if model == DEFAULT_MODEL else model)
             for ratio in base.get("ratios") or []:
-                name = f"{base['name']}-{method}-{_percent(float(ratio))}"
+                name = variant_name(base["name"], method, float(ratio))
                 variants.append(ZooVariant(
                     name=name, repo=f"{data['org']}/{name}", base_model=str(base_model), model=model,
                     fallback=base.get("fallback"), method=method, ratio=float(ratio),
@@ -116,7 +116,7 @@ class ZooOrders:
             return json.loads(local.read_text())
         from huggingface_hub import constants, hf_hub_download
 
-        if constants.is_offline_mode():
+        if not hub_online() or constants.is_offline_mode():
             return None
         try:
             return json.loads(Path(hf_hub_download(variant.repo, "sleb.json")).read_text())

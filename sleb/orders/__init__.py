@@ -1,0 +1,112 @@
+"""Removal orders that ship with the project: read these before searching or asking the Hub.
+
+Each `<name>-<method>.json` here holds one model's full search record (the `search` dict of
+`sleb.json`: order, every round's scores, calibration, dtype, timings) and the command that
+produced it; `models.json` holds each model's default method and ratio for the demo, with
+the reason. Write them with
+
+    python -m sleb.orders default --methods sleb,block-influence,angular,oneshot-ppl --num-remove 9 \\
+        --calib-tokens 2048 --seqlen 128 --dtype bfloat16
+
+(any `sleb search` calibration option works; the search resumes from the sleb cache).
+A zoo variant's order is the file of its base and method: `<base name>-<method>.json`.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import tempfile
+from dataclasses import dataclass
+from functools import lru_cache
+from pathlib import Path
+
+from ..search import SearchResult
+
+log = logging.getLogger(__name__)
+
+ORDERS_DIR = Path(__file__).resolve().parent
+FORMAT = "sleb-order/1"
+DEFAULTS_FILE = "models.json"
+
+
+@dataclass
+class ShippedOrder:
+    """One shipped removal order: whose, by which method, and the search record."""
+
+    name: str  # file stem's model part, e.g. smollm2-135m-instruct (the zoo's base name)
+    base_model: str  # Hub id of the dense model
+    method: str
+    result: SearchResult
+    command: str
+    path: Path
+
+
+def order_name(base_model: str) -> str:
+    """The file name's model part: the Hub id's name, lower case (`smollm2-135m-instruct`)."""
+    return base_model.rstrip("/").split("/")[-1].lower()
+
+
+def orders_dir() -> Path:
+    """The shipped folder, or `SLEB_ORDERS_DIR` (tests, or orders being tried before they ship)."""
+    return Path(os.environ.get("SLEB_ORDERS_DIR") or ORDERS_DIR)
+
+
+@lru_cache(maxsize=4)
+def _read_all(folder: str) -> tuple[ShippedOrder, ...]:
+    out = []
+    for path in sorted(Path(folder).glob("*.json")):
+        if path.name == DEFAULTS_FILE:
+            continue
+        try:
+            data = json.loads(path.read_text())
+            if data.get("format") != FORMAT:
+                raise ValueError(f"format is {data.get('format')!r}, not {FORMAT}")
+            result = SearchResult.from_dict(data["search"])
+            result.settings = {**result.settings, "source": f"shipped: {path.name}"}
+            out.append(ShippedOrder(data["name"], data["base_model"], result.method, result,
+                                    data.get("command", ""), path))
+        except (OSError, ValueError, KeyError, TypeError) as exc:
+            log.warning("Ignoring the order file %s: %s", path, exc)
+    return tuple(out)
+
+
+def shipped_orders(folder: str | os.PathLike | None = None) -> list[ShippedOrder]:
+    """Every readable order file in the folder (read once per folder)."""
+    return list(_read_all(str(folder or orders_dir())))
+
+
+def find_order(base_model: str, method: str, num_blocks: int,
+               folder: str | os.PathLike | None = None) -> SearchResult | None:
+    """The shipped order of `method` for this model (by Hub id or name), if its block count matches."""
+    names = {base_model, order_name(base_model)}
+    for order in shipped_orders(folder):
+        if order.method == method and names & {order.base_model, order.name} \
+                and order.result.num_blocks == num_blocks:
+            return order.result
+    return None
+
+
+def model_defaults(base_model: str, folder: str | os.PathLike | None = None) -> dict:
+    """The demo's default method and ratio for a model, and why (`{}` when `models.json` has none)."""
+    path = Path(folder or orders_dir()) / DEFAULTS_FILE
+    if not path.is_file():
+        return {}
+    data = json.loads(path.read_text())
+    return data.get(base_model) or data.get(order_name(base_model)) or {}
+
+
+def write_json(path: Path, data: dict) -> None:
+    """Write atomically: a temporary file in the same folder, then a rename."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w") as f:
+            f.write(json.dumps(data, indent=1) + "\n")
+        os.chmod(tmp, 0o644)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    _read_all.cache_clear()
