@@ -9,7 +9,9 @@ soon as it ends and skipped when run again; healed checkpoints are kept in --wor
 uses `sleb.evaluate` (WikiText-2 test and the C4 evaluation rows, windows of 2048 tokens),
 zero-shot `sleb.zeroshot` (the five tasks, --limit documents each). Healing time and peak
 memory (the process's resident-set high-water mark, reset before each healing) are measured
-per healing. Perplexity stages run first, zero-shot last. The last line is one JSON object.
+per healing, with the CPU time (all threads) and the load average, since the machine may be
+shared. Each variant is healed, then its perplexity measured; zero-shot runs last for all of
+them. The last line is one JSON object.
 """
 
 from __future__ import annotations
@@ -99,10 +101,11 @@ def heal_variant(args, name: str, removed: list[int], folder: Path, results: dic
                     distill=DistillSpec(tokens=args.distill_tokens, lr=args.lr, dtype=args.heal_dtype))
     pruned = remove_blocks(load_model(args.model, device="cpu", dtype="float32")[0], removed)
     reset_peak()
-    start = time.perf_counter()
+    start, cpu = time.perf_counter(), time.process_time()
     healed, record = heal_model(dense, pruned, tokenizer, removed, spec)
     seconds = time.perf_counter() - start
-    results["heal"][name] = {"seconds": round(seconds, 1), "peak_rss_mb": peak_mb(),
+    results["heal"][name] = {"seconds": round(seconds, 1), "cpu_seconds": round(time.process_time() - cpu, 1),
+                             "peak_rss_mb": peak_mb(),
                              "load_average": os.getloadavg(), "record": record}
     save_checkpoint(healed, tokenizer, folder, {"healing": record}, overwrite=True)
     log.info("%s healed in %.1f s, peak RSS %s MB", name, seconds, peak_mb())
@@ -158,9 +161,10 @@ def main() -> None:
             save_results(out, results)
         row = results["eval"].setdefault(name, {})
         if "ppl" not in row:
-            start = time.perf_counter()
+            start, cpu = time.perf_counter(), time.process_time()
             row["ppl"] = evaluate_ppl(model_of(name), tokenizer, ["wikitext2", "c4"], 2048, args.ppl_windows)
             row["ppl_seconds"] = round(time.perf_counter() - start, 1)
+            row["ppl_cpu_seconds"] = round(time.process_time() - cpu, 1)
             row["ppl_load_average"] = os.getloadavg()
             save_results(out, results)
     for name in variants if args.limit else []:
@@ -177,7 +181,8 @@ def main() -> None:
                       "ppl": {k: {s: round(v["perplexity"], 3) for s, v in r.get("ppl", {}).items()}
                               for k, r in results["eval"].items()},
                       "zeroshot_mean": {k: r.get("zeroshot_mean") for k, r in results["eval"].items()},
-                      "heal": {k: {"seconds": v["seconds"], "peak_rss_mb": v["peak_rss_mb"]}
+                      "heal": {k: {"seconds": v["seconds"], "cpu_seconds": v["cpu_seconds"],
+                                   "peak_rss_mb": v["peak_rss_mb"]}
                                for k, v in results["heal"].items()}}))
 
 

@@ -180,6 +180,12 @@ def prune_command(used: str, variant: Variant, settings: dict, dtype: str, devic
         parts += ["--calib-tokens", str(cal["tokens"])]
     parts += ["--early-barrier", str(settings["early_barrier"]), "--latter-barrier", str(settings["latter_barrier"]),
               "--device", device, "--dtype", dtype, "--out", variant.name]
+    if variant.healed:
+        heal = settings["heal"]
+        parts += ["--heal", heal["method"], "--heal-data", heal["source"], "--heal-seqlen", str(heal["seqlen"]),
+                  "--linear-tokens", str(heal["linear_tokens"]), "--heal-tokens", str(heal["tokens"]),
+                  "--heal-lr", f"{heal['lr']:g}", "--lora-rank", str(heal["lora_rank"]), "--heal-dtype",
+                  heal["dtype"], "--heal-seed", str(heal["seed"])]
     return shlex.join(parts)
 
 
@@ -293,8 +299,15 @@ def build_base(base: Base, variants: list[Variant], out: str | os.PathLike, cach
         pruned = copy.deepcopy(model)
         remove_blocks(pruned, order)
         vkey = digest([mkey, order])
-        pruned_eval = _evaluate(pruned, tokenizer, settings, vkey, cache, variant.name, progress)
-        speed = _speed(model, pruned, tokenizer, settings, vkey, hw, cache, variant.name)
+        pruned_eval = _evaluate(pruned, tokenizer, settings, vkey, cache, variant.name.removesuffix("-healed"),
+                                progress)
+        speed = _speed(model, pruned, tokenizer, settings, vkey, hw, cache, variant.name)  # same architecture
+        healing = None
+        if variant.healed:
+            pruned, healing = heal_variant(model, pruned, tokenizer, order, settings, vkey, cache, progress)
+            healing = {"unhealed": pruned_eval, "record": healing, "budget": settings["heal"]}
+            pruned_eval = _evaluate(pruned, tokenizer, settings, digest([vkey, settings["heal"]]), cache,
+                                    variant.name, progress)
         record_key = digest({"model": mkey, "calibration": calib.info["fingerprint"], "method": result.method,
                              "barriers": [settings["early_barrier"], settings["latter_barrier"]], "order": order})
         record = cache.get("record", record_key)
@@ -304,6 +317,8 @@ def build_base(base: Base, variants: list[Variant], out: str | os.PathLike, cach
                                     "search_seconds")}})
             fresh["base_model"] = base.base_model
             record = cache.put("record", record_key, fresh)
+        if healing is not None:
+            record = {**record, "healing": healing["record"]}
         results = {
             "format": RESULTS_FORMAT,
             "variant": variant.name,
@@ -328,6 +343,7 @@ def build_base(base: Base, variants: list[Variant], out: str | os.PathLike, cach
             "dense": dense_eval,
             "pruned": pruned_eval,
             "speed": speed,
+            "healing": healing,
             "hardware": hw,
             "versions": _versions(),
             "chat_template": bool(getattr(tokenizer, "chat_template", None)),
@@ -340,6 +356,26 @@ def build_base(base: Base, variants: list[Variant], out: str | os.PathLike, cach
         del pruned
         gc.collect()
     return built, failed
+
+
+def heal_variant(dense, pruned, tokenizer, order: list[int], settings: dict, vkey: str, cache: ResultCache,
+                 progress: bool):
+    """`(healed model, healing record)`, healed once per settings and kept as a checkpoint in the cache."""
+    from sleb.healing import DistillSpec, HealSpec, heal_model, parse_methods
+
+    heal = settings["heal"]
+    folder = cache.root / "healed" / digest([vkey, heal])
+    if (folder / "config.json").is_file() and (folder / "sleb.json").is_file():
+        log.info("Healed checkpoint: cached (%s)", folder)
+        healed = type(pruned).from_pretrained(folder, dtype=next(pruned.parameters()).dtype).to(model_device(pruned))
+        return healed.eval(), json.loads((folder / "sleb.json").read_text())["healing"]
+    spec = HealSpec(methods=parse_methods(heal["method"]), source=heal["source"], seqlen=heal["seqlen"],
+                    linear_tokens=heal["linear_tokens"],
+                    distill=DistillSpec(tokens=heal["tokens"], lr=heal["lr"], lora_rank=heal["lora_rank"],
+                                        lora_alpha=2 * heal["lora_rank"], dtype=heal["dtype"], seed=heal["seed"]))
+    healed, record = heal_model(dense, pruned, tokenizer, order, spec, progress=progress)
+    save_checkpoint(healed, None, folder, {"healing": record}, overwrite=True)
+    return healed.eval(), record
 
 
 def _versions() -> dict:
