@@ -136,11 +136,15 @@ def main() -> None:
     removed = [int(b) for b in args.blocks.split(",")]
     variants = args.variants.split(",")
     results = load_results(out)
-    results.setdefault("settings", {}).update(
+    settings = dict(
         model=args.model, removed=removed, ppl_windows=args.ppl_windows, limit=args.limit,
         eval_dtype=args.eval_dtype, linear_tokens=args.linear_tokens, distill_tokens=args.distill_tokens,
         heal_seqlen=args.heal_seqlen, heal_dtype=args.heal_dtype, lr=args.lr, threads=torch.get_num_threads(),
         cpu_count=os.cpu_count())
+    if results.get("settings", settings) != settings:
+        log.warning("%s holds results of other settings; starting it again.", out)
+        results = {}
+    results["settings"] = settings
     results.setdefault("heal", {})
     results.setdefault("eval", {})
 

@@ -212,3 +212,17 @@ def test_budget_larger_than_pool_warns_with_repeated_tokens(caplog):
 
     assert budget_windows(10, 15 * 32, 32) == (15, 5 * 32)
     assert "160 tokens repeat" in caplog.text
+
+
+def test_cached_heal_makes_the_checkpoint_once(tiny_model_dir, tmp_path, monkeypatch):
+    from sleb.healing import cached_heal
+
+    monkeypatch.setenv("SLEB_CACHE", str(tmp_path / "cache"))
+    spec = HealSpec(methods=("linear",), seqlen=32, heldout=2, linear_tokens=64)
+    folder = cached_heal(str(tiny_model_dir), [2, 3], spec, device="cpu")
+    stamp = (folder / "model.safetensors").stat().st_mtime_ns
+    assert cached_heal(str(tiny_model_dir), [3, 2], spec, device="cpu") == folder
+    assert (folder / "model.safetensors").stat().st_mtime_ns == stamp
+    model = AutoModelForCausalLM.from_pretrained(folder)
+    assert model.config.num_hidden_layers == 4
+    assert json.loads((folder / "sleb.json").read_text())["healing"]["linear"]["cuts"][0]["cut"] == [2, 3]
