@@ -226,3 +226,24 @@ def test_cached_heal_makes_the_checkpoint_once(tiny_model_dir, tmp_path, monkeyp
     model = AutoModelForCausalLM.from_pretrained(folder)
     assert model.config.num_hidden_layers == 4
     assert json.loads((folder / "sleb.json").read_text())["healing"]["linear"]["cuts"][0]["cut"] == [2, 3]
+
+
+def test_cli_heal_without_record_exits_with_the_fix(pruned_dir, tmp_path, caplog):
+    from sleb.cli import main
+
+    (pruned_dir / "sleb.json").unlink()
+    assert main(["heal", str(pruned_dir), "--out", str(tmp_path / "out"), "--device", "cpu", "-q"]) == 2
+    assert "--dense MODEL" in caplog.text
+
+
+def test_cli_prune_with_heal_saves_the_healed_checkpoint(tiny_model_dir, tmp_path):
+    from sleb.cli import main
+
+    out = tmp_path / "healed"
+    assert main(["prune", str(tiny_model_dir), "--num-remove", "2", "--nsamples", "2", "--seqlen", "16",
+                 "--device", "cpu", "-q", "--heal", "linear", "--heal-seqlen", "32", "--linear-tokens", "64",
+                 "--out", str(out)]) == 0
+    record = json.loads((out / "sleb.json").read_text())
+    assert record["healing"]["methods"] == ["linear"] and record["healing"]["dense_model"] == str(tiny_model_dir)
+    model = AutoModelForCausalLM.from_pretrained(out)
+    assert model.config.num_hidden_layers == 4
