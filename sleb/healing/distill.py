@@ -71,21 +71,36 @@ def distill_loss(student_logits, teacher_logits, ids, temperature: float, lm_wei
 
 
 @torch.no_grad()
-def heldout_scores(student, teacher, windows: torch.Tensor, dtype: str = "fp32") -> dict:
-    """Mean NLL of the student, and its KL to the teacher, per token on held-out windows."""
-    device = model_device(student)
-    nll = kl = 0.0
-    count = 0
+def teacher_logprobs(teacher, windows: torch.Tensor, dtype: str = "fp32") -> tuple[list[torch.Tensor], float]:
+    """The teacher's log-probabilities on held-out windows (kept in bf16, to score students against) and its NLL."""
+    device = model_device(teacher)
+    out, nll = [], 0.0
     for batch in windows.split(1):
+        with _autocast(device, dtype):
+            logits = teacher(input_ids=batch.to(device), use_cache=False).logits
+        logprobs = F.log_softmax(logits.float(), -1).cpu()
+        nll -= float(logprobs[:, :-1].gather(-1, batch[:, 1:, None]).sum())
+        out.append(logprobs.to(torch.bfloat16))
+    return out, nll / (windows.shape[0] * (windows.shape[1] - 1))
+
+
+@torch.no_grad()
+def heldout_scores(student, teacher, windows: torch.Tensor, dtype: str = "fp32", reference=None) -> dict:
+    """Mean NLL of the student, and its KL to the teacher, per token on held-out windows.
+
+    `reference` (from `teacher_logprobs`) spares running the teacher again.
+    """
+    device = model_device(student)
+    reference = reference if reference is not None else teacher_logprobs(teacher, windows, dtype)[0]
+    nll = kl = 0.0
+    for batch, ref in zip(windows.split(1), reference, strict=True):
         batch = batch.to(device)
         with _autocast(device, dtype):
-            s = student(input_ids=batch, use_cache=False).logits.float()
-            t = teacher(input_ids=batch.to(model_device(teacher)), use_cache=False).logits.float().to(device)
-        nll += float(F.cross_entropy(s[:, :-1].flatten(0, 1), batch[:, 1:].flatten(), reduction="sum"))
-        kl += float(F.kl_div(F.log_softmax(s, -1), F.log_softmax(t, -1), log_target=True, reduction="sum"))
-        count += batch.numel()
+            s = F.log_softmax(student(input_ids=batch, use_cache=False).logits.float(), -1).cpu()
+        nll -= float(s[:, :-1].gather(-1, batch[:, 1:, None].cpu()).sum())
+        kl += float(F.kl_div(s, ref.float(), log_target=True, reduction="sum"))
     predicted = windows.shape[0] * (windows.shape[1] - 1)
-    return {"nll": nll / predicted, "kl": kl / count}
+    return {"nll": nll / predicted, "kl": kl / windows.numel()}
 
 
 def _lora_targets(model) -> list[str]:

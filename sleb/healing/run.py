@@ -17,7 +17,7 @@ from ..errors import SlebError
 from ..loading import cache_dir, load_model
 from ..removal import save_checkpoint
 from .data import heal_data
-from .distill import DistillSpec, distill, heldout_scores
+from .distill import DistillSpec, distill, heldout_scores, teacher_logprobs
 from .linear import fit_linear
 from .match import check_match
 
@@ -74,8 +74,8 @@ def heal_model(dense, pruned, tokenizer, removed: list[int], spec: HealSpec, rec
     dtype = spec.distill.dtype if "distill" in spec.methods else "fp32"
     healing = {"methods": list(spec.methods), "data": data.info, "spec": {k: v for k, v in asdict(spec).items()
                                                                            if k not in ("distill", "data_dir")}}
-    healing["heldout_before"] = heldout_scores(pruned, dense, data.heldout, dtype)
-    healing["heldout_dense_nll"] = heldout_scores(dense, dense, data.heldout, dtype)["nll"]
+    reference, healing["heldout_dense_nll"] = teacher_logprobs(dense, data.heldout, dtype)
+    healing["heldout_before"] = heldout_scores(pruned, dense, data.heldout, dtype, reference)
     if spec.eval_ppl:
         healing["eval_before"] = _evaluate(pruned, tokenizer, spec, progress)
     if "linear" in spec.methods:
@@ -84,7 +84,8 @@ def heal_model(dense, pruned, tokenizer, removed: list[int], spec: HealSpec, rec
             log.warning("Linear healing asked for %d tokens; the pool holds %d.", spec.linear_tokens,
                         count * spec.seqlen)
         healing["linear"] = fit_linear(dense, pruned, removed, data.train[:count], spec.ridge, progress=progress)
-        healing["heldout_after_linear"] = heldout_scores(pruned, dense, data.heldout, dtype)
+        if "distill" in spec.methods:
+            healing["heldout_after_linear"] = heldout_scores(pruned, dense, data.heldout, dtype, reference)
     if "distill" in spec.methods:
         state = _state_path(record or {"removal_order": removed}, spec, data.info)
         pruned, report = distill(pruned, dense, data.train, spec.distill, state, key=str(state), progress=progress,
@@ -94,7 +95,7 @@ def heal_model(dense, pruned, tokenizer, removed: list[int], spec: HealSpec, rec
             raise SlebError(f"Distillation stopped at step {report['steps_done']} of {report['steps']}; run the "
                             f"same command again to resume from {state}.")
         healing["state_file"] = str(state)
-    healing["heldout_after"] = heldout_scores(pruned, dense, data.heldout, dtype)
+    healing["heldout_after"] = heldout_scores(pruned, dense, data.heldout, dtype, reference)
     if spec.eval_ppl:
         healing["eval_after"] = _evaluate(pruned, tokenizer, spec, progress)
     healing["seconds"] = round(time.perf_counter() - start, 3)
