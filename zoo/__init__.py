@@ -2,8 +2,10 @@
 
     python zoo/publish.py --only smollm2-135m-instruct-sleb-20 --dry-run --out build/zoo
 
-- `manifest.py`  read and validate the manifest (errors name the line at fault)
-- `build.py`     load a base once, search once, evaluate dense and variants (cached), stage repository folders
+- `manifest.py`  read and validate the manifest: bases, variants (plain and `-healed`), names
+- `settings.py`  every setting's default and check, merging, `--set key=value`
+- `yamltree.py`  YAML with line numbers, so errors name the line at fault
+- `build.py`     load a base once, search once, evaluate dense and variants (cached), heal, stage repository folders
 - `card.py`      the model card (huggingface_hub `ModelCard`), the removal picture, the zoo index
 - `hub.py`       plan and push repositories and the index through `HfApi`
 - `publish.py`   the command line

@@ -38,6 +38,7 @@ from sleb.fingerprint import weights_fingerprint
 from sleb.loading import DEFAULT_MODEL, load_model, model_device
 from sleb.prune import blocks_for_ratio, find_removal, make_record, parameter_count, versions
 from sleb.removal import atomic_dir, remove_blocks, save_checkpoint
+from sleb.verify import Verifier
 
 from . import card
 from .manifest import Base, Variant
@@ -181,6 +182,12 @@ def prune_command(used: str, variant: Variant, settings: dict, dtype: str, devic
         parts += ["--calib-tokens", str(cal["tokens"])]
     parts += ["--early-barrier", str(settings["early_barrier"]), "--latter-barrier", str(settings["latter_barrier"]),
               "--device", device, "--dtype", dtype, "--out", variant.name]
+    if variant.healed:
+        heal = settings["heal"]
+        parts += ["--heal", heal["method"], "--heal-data", heal["source"], "--heal-seqlen", str(heal["seqlen"]),
+                  "--linear-tokens", str(heal["linear_tokens"]), "--heal-tokens", str(heal["tokens"]),
+                  "--heal-lr", f"{heal['lr']:g}", "--lora-rank", str(heal["lora_rank"]), "--heal-dtype",
+                  heal["dtype"], "--heal-seed", str(heal["seed"])]
     return shlex.join(parts)
 
 
@@ -292,10 +299,19 @@ def build_base(base: Base, variants: list[Variant], out: str | os.PathLike, cach
                         disable=not progress):
         order = result.removed(counts[variant.name])
         pruned = copy.deepcopy(model)
+        verifier = Verifier(model, order)  # the dense model with `order` bypassed: what the saved folder must give
         remove_blocks(pruned, order)
         vkey = digest([mkey, order])
-        pruned_eval = _evaluate(pruned, tokenizer, settings, vkey, cache, variant.name, progress)
-        speed = _speed(model, pruned, tokenizer, settings, vkey, hw, cache, variant.name)
+        pruned_eval = _evaluate(pruned, tokenizer, settings, vkey, cache, variant.name.removesuffix("-healed"),
+                                progress)
+        speed = _speed(model, pruned, tokenizer, settings, vkey, hw, cache, variant.name)  # same architecture
+        healing = None
+        if variant.healed:
+            pruned, healing = heal_variant(model, pruned, tokenizer, order, settings, vkey, cache, progress)
+            verifier = Verifier(pruned, [], reference="the healed model in memory")
+            healing = {"unhealed": pruned_eval, "record": healing, "budget": settings["heal"]}
+            pruned_eval = _evaluate(pruned, tokenizer, settings, digest([vkey, settings["heal"]]), cache,
+                                    variant.name, progress)
         record_key = digest({"model": mkey, "calibration": calib.info["fingerprint"], "method": result.method,
                              "barriers": [settings["early_barrier"], settings["latter_barrier"]], "order": order})
         record = cache.get("record", record_key)
@@ -305,6 +321,8 @@ def build_base(base: Base, variants: list[Variant], out: str | os.PathLike, cach
                                     "search_seconds")}})
             fresh["base_model"] = base.base_model
             record = cache.put("record", record_key, fresh)
+        if healing is not None:
+            record = {**record, "healing": healing["record"]}
         results = {
             "format": RESULTS_FORMAT,
             "variant": variant.name,
@@ -329,6 +347,7 @@ def build_base(base: Base, variants: list[Variant], out: str | os.PathLike, cach
             "dense": dense_eval,
             "pruned": pruned_eval,
             "speed": speed,
+            "healing": healing,
             "hardware": hw,
             "versions": _versions(),
             "chat_template": bool(getattr(tokenizer, "chat_template", None)),
@@ -336,11 +355,31 @@ def build_base(base: Base, variants: list[Variant], out: str | os.PathLike, cach
                          "prune": prune_command(used, variant, settings, dtype, hw["device"])},
         }
         folder = Path(out) / variant.name
-        changed = stage(folder, pruned, tokenizer, record, results)
+        changed = stage(folder, pruned, tokenizer, record, results, verifier)
         built.append(Built(variant, folder, json.loads((folder / "sleb.json").read_text()), results, changed))
         del pruned
         gc.collect()
     return built, failed
+
+
+def heal_variant(dense, pruned, tokenizer, order: list[int], settings: dict, vkey: str, cache: ResultCache,
+                 progress: bool):
+    """`(healed model, healing record)`, healed once per settings and kept as a checkpoint in the cache."""
+    from sleb.healing import DistillSpec, HealSpec, heal_model, parse_methods
+
+    heal = settings["heal"]
+    folder = cache.root / "healed" / digest([vkey, heal])
+    if (folder / "config.json").is_file() and (folder / "sleb.json").is_file():
+        log.info("Healed checkpoint: cached (%s)", folder)
+        healed = type(pruned).from_pretrained(folder, dtype=next(pruned.parameters()).dtype).to(model_device(pruned))
+        return healed.eval(), json.loads((folder / "sleb.json").read_text())["healing"]
+    spec = HealSpec(methods=parse_methods(heal["method"]), source=heal["source"], seqlen=heal["seqlen"],
+                    linear_tokens=heal["linear_tokens"],
+                    distill=DistillSpec(tokens=heal["tokens"], lr=heal["lr"], lora_rank=heal["lora_rank"],
+                                        lora_alpha=2 * heal["lora_rank"], dtype=heal["dtype"], seed=heal["seed"]))
+    healed, record = heal_model(dense, pruned, tokenizer, order, spec, progress=progress)
+    save_checkpoint(healed, None, folder, {"healing": record}, overwrite=True)
+    return healed.eval(), record
 
 
 def _versions() -> dict:
@@ -354,8 +393,12 @@ def _versions() -> dict:
     return out
 
 
-def stage(folder: Path, pruned, tokenizer, record: dict, results: dict) -> bool:
-    """Write the repository folder (all or nothing); False when it is already complete and identical."""
+def stage(folder: Path, pruned, tokenizer, record: dict, results: dict, verifier=None) -> bool:
+    """Write the repository folder (all or nothing); False when it is already complete and identical.
+
+    With a `verifier` (`sleb.verify.Verifier`) the checkpoint is reloaded and its logits checked before
+    the folder is moved into place; a failure leaves nothing.
+    """
     results_text = dump_json(results)
     full_record = {**record, "zoo": {"variant": results["variant"], "repo_id": results["repo_id"],
                                      "results_sha256": hashlib.sha256(results_text.encode()).hexdigest()}}
@@ -366,7 +409,7 @@ def stage(folder: Path, pruned, tokenizer, record: dict, results: dict) -> bool:
         log.info("%s is up to date", folder)
         return False
     with atomic_dir(folder, overwrite=True) as tmp:
-        save_checkpoint(pruned, tokenizer, tmp, overwrite=True)
+        save_checkpoint(pruned, tokenizer, tmp, overwrite=True, verifier=verifier)
         for name, text in wanted.items():
             (tmp / name).write_text(text, encoding="utf-8")
         card.removal_picture(full_record, tmp / card.PICTURE)

@@ -9,6 +9,7 @@ Nothing on the card is typed by hand: a number that was not measured is shown as
 from __future__ import annotations
 
 import logging
+import math
 from pathlib import Path
 
 from huggingface_hub import EvalResult, ModelCard, ModelCardData
@@ -303,6 +304,50 @@ def budget_lines(results: dict) -> tuple[list[str], list[str]]:
     return lines, reduced
 
 
+def healing_rows(results: dict) -> list[tuple[str, str, str, str, str]]:
+    """(what, dense, pruned, healed, gap recovered) rows for a healed variant; empty for a plain one."""
+    healing = results.get("healing")
+    if not healing:
+        return []
+    d, u, h = results["dense"], healing["unhealed"], results["pruned"]
+    rows = []
+    for name, (title, *_rest) in PPL_DATASETS.items():
+        if all(name in x["ppl"] for x in (d, u, h)):
+            a, b, c = (x["ppl"][name]["perplexity"] for x in (d, u, h))
+            gap = math.log(b) - math.log(a)
+            share = f"{100 * (1 - (math.log(c) - math.log(a)) / gap):.0f}% of the log-perplexity gap" if gap else ""
+            rows.append((f"{title} perplexity ↓", f"{a:.2f}", f"{b:.2f}", f"{c:.2f}", share))
+    tasks = [t for t in ZEROSHOT_DATASETS if all(t in x["zeroshot"] for x in (d, u, h))]
+    if tasks:
+        a, b, c = (sum(x["zeroshot"][t]["acc"] for t in tasks) / len(tasks) for x in (d, u, h))
+        share = f"{100 * (c - b) / (a - b):.0f}% of the accuracy drop" if a != b else ""
+        rows.append((f"mean zero-shot accuracy, {len(tasks)} tasks (%) ↑", _acc(a), _acc(b), _acc(c), share))
+    return rows
+
+
+def healing_text(results: dict) -> str:
+    """What healing ran, on what data and how many tokens, and how long it took."""
+    healing = results.get("healing")
+    if not healing:
+        return ""
+    record, parts = healing["record"], []
+    if "linear" in record:
+        parts.append(f"a least-squares linear map per cut folded into the block before it, fitted on "
+                     f"{record['linear']['tokens']:,} tokens (ridge {record['linear']['ridge']:g})")
+    if "distill" in record:
+        dist = record["distill"]
+        parts.append(f"distillation from the dense model ({dist['method']}, KL at temperature {dist['temperature']:g}"
+                     f"{', plus LM loss' if dist['lm_weight'] else ''}) on {dist['tokens_trained']:,} tokens, "
+                     f"{dist['steps']} steps, peak learning rate {dist['lr']:g}, seed {dist['seed']}"
+                     + (f"; {dist['repeated_tokens']:,} tokens repeat" if dist["repeated_tokens"] else ""))
+    data = record["data"]
+    return (f"Healing: {'; then '.join(parts)}. Healing text: {data['data']} (windows of {data['seqlen']} tokens; "
+            f"{data['disjoint_from']} are never used). It took {record['seconds']:.0f} s on this machine; "
+            f"held-out NLL {record['heldout_before']['nll']:.3f} → {record['heldout_after']['nll']:.3f} "
+            f"(dense {record['heldout_dense_nll']:.3f}). The healed weights are folded into the ordinary ones: "
+            "same architecture, same speed as the unhealed pruned model.")
+
+
 def model_card(record: dict, results: dict) -> ModelCard:
     """The card of one variant, from its `sleb.json` record and its `results.json`."""
     from sleb.speed import format_speed
@@ -330,6 +375,7 @@ def model_card(record: dict, results: dict) -> ModelCard:
         hardware_text=hardware_text(results), speed_details=format_speed(speed) if speed else "",
         budget_lines=lines, zoo_command=results["commands"]["zoo"], prune_command=results["commands"]["prune"],
         versions_text=", ".join(f"{k} {v}" for k, v in versions.items()),
+        healing_rows=healing_rows(results), healing_text=healing_text(results),
     )
     return card
 

@@ -15,6 +15,10 @@ Each base gives one variant per ratio, named `<name>-<method>-<percent>` (for ex
 checked before any work is done; every error names the file and the line at fault.
 `--set key=value` (for example `eval.max_windows=4`) overrides a setting for every base and
 is checked the same way. See `zoo/manifest.yaml` for every setting and its default.
+
+With `heal: {enabled: true}` each ratio also gives a healed variant, `<name>-<method>-<percent>-healed`
+(`sleb.healing`: the linear fold and/or distillation from the dense model). The settings, their
+checks and `--set` live in `zoo/settings.py`; the YAML-with-line-numbers parser in `zoo/yamltree.py`.
 """
 
 from __future__ import annotations
@@ -28,238 +32,26 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from sleb import names as naming
-from sleb.errors import SlebError
-from sleb.evaluate import PPL_SETS
-from sleb.loading import DEFAULT_BASE_ID, DEFAULT_MODEL, DTYPES
-from sleb.prune import METHODS
-from sleb.zeroshot import ZEROSHOT_TASKS
+from sleb.loading import DEFAULT_BASE_ID, DEFAULT_MODEL
+
+from .settings import DEFAULT_SETTINGS, LEAVES, _bool, _merge, _settings, _unknown_key, parse_override
+from .yamltree import Bad as _Bad
+from .yamltree import ManifestError, Node, parse
+
+__all__ = ["DEFAULT_MANIFEST", "DEFAULT_SETTINGS", "LEAVES", "Base", "Manifest", "ManifestError", "Variant",
+           "load_manifest", "parse_override", "variant_name"]
 
 log = logging.getLogger(__name__)
 
 DEFAULT_MANIFEST = Path(__file__).resolve().parent / "manifest.yaml"
 
-DEFAULT_SETTINGS: dict[str, Any] = {
-    "method": "sleb",
-    "dtype": "auto",
-    "device": "auto",
-    "requires_gpu": False,
-    "early_barrier": 1,
-    "latter_barrier": 1,
-    "calibration": {"source": "c4", "nsamples": 128, "seqlen": 2048, "seed": 0, "tokens": None},
-    "eval": {"ppl": ["wikitext2", "c4"], "seqlen": 2048, "max_windows": None, "batch_size": 1,
-             "zeroshot": list(ZEROSHOT_TASKS), "zeroshot_limit": None, "zeroshot_batch_size": 1},
-    "speed": {"enabled": True, "prompt_len": 256, "decode_batch": 8, "new_tokens": 64, "repeats": 3, "warmup": 1},
-}
 DEFAULT_INDEX = {"repo": "README", "type": "space", "collection": "SLEB zoo"}
 BASE_FIELDS = ("name", "model", "fallback", "base_model", "license", "license_name", "license_link", "ratios")
 TOP_FIELDS = ("org", "private", "index", "defaults", "bases")
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 HUB_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*/[A-Za-z0-9][A-Za-z0-9_.-]*$")
 LICENSE_RE = re.compile(r"^[a-z0-9][a-z0-9.+-]*$")
-
-
-class ManifestError(SlebError):
-    """The manifest is wrong; the message names the file and line (or the `--set` option) at fault."""
-
-
-class _Bad(Exception):
-    """A value is wrong; the caller knows where it is."""
-
-
-# --------------------------------------------------------------------------------------------- YAML with lines
-
-
-@dataclass
-class _Node:
-    value: Any  # a scalar, dict[str, _Node] or list[_Node]
-    line: int
-    key_lines: dict[str, int] = field(default_factory=dict)
-
-
-def _tree(node: yaml.Node, where: str) -> _Node:
-    line = node.start_mark.line + 1
-    if isinstance(node, yaml.MappingNode):
-        yaml.constructor.SafeConstructor().flatten_mapping(node)  # `<<: *anchor` merges
-        out: dict[str, _Node] = {}
-        keys: dict[str, int] = {}
-        for key_node, value_node in node.value:
-            key = _scalar(key_node)
-            key_line = key_node.start_mark.line + 1
-            if not isinstance(key, str):
-                raise ManifestError(f"{where}:{key_line}: keys must be names, not {key!r}.")
-            if key in out:
-                raise ManifestError(f"{where}:{key_line}: duplicate key {key!r} (first at line {keys[key]}).")
-            out[key] = _tree(value_node, where)
-            keys[key] = key_line
-        return _Node(out, line, keys)
-    if isinstance(node, yaml.SequenceNode):
-        return _Node([_tree(item, where) for item in node.value], line)
-    return _Node(_scalar(node), line)
-
-
-def _scalar(node: yaml.Node) -> Any:
-    return yaml.constructor.SafeConstructor().construct_object(node, deep=True)
-
-
-def _parse(text: str, where: str) -> _Node:
-    try:
-        root = yaml.compose(text, Loader=yaml.SafeLoader)
-    except yaml.MarkedYAMLError as exc:
-        mark = exc.problem_mark or exc.context_mark
-        line = mark.line + 1 if mark else 1
-        raise ManifestError(f"{where}:{line}: not valid YAML: {exc.problem or exc}") from exc
-    if root is None:
-        raise ManifestError(f"{where}:1: the manifest is empty.")
-    return _tree(root, where)
-
-
-# --------------------------------------------------------------------------------------------- checks of one value
-
-
-def _type_name(value: Any) -> str:
-    return "nothing" if value is None else type(value).__name__
-
-
-def _int(low: int, optional: bool = False):
-    def check(value):
-        if value is None and optional:
-            return None
-        if isinstance(value, bool) or not isinstance(value, int) or value < low:
-            raise _Bad(f"expected a whole number >= {low}{' or null' if optional else ''}, got {value!r}")
-        return value
-
-    return check
-
-
-def _bool(value):
-    if not isinstance(value, bool):
-        raise _Bad(f"expected true or false, got {value!r}")
-    return value
-
-
-def _choice(options):
-    def check(value):
-        if value not in options:
-            raise _Bad(f"expected one of {', '.join(map(str, options))}; got {value!r}")
-        return value
-
-    return check
-
-
-def _names(known):
-    def check(value):
-        if isinstance(value, str):
-            value = [v.strip() for v in value.split(",") if v.strip()]
-        if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
-            raise _Bad(f"expected a list of names from {', '.join(known)}; got {value!r}")
-        unknown = [v for v in value if v not in known]
-        if unknown:
-            raise _Bad(f"unknown {', '.join(unknown)}; known: {', '.join(known)}")
-        if len(set(value)) != len(value):
-            raise _Bad(f"a name is listed twice in {value}")
-        return value
-
-    return check
-
-
-def _device(value):
-    if not isinstance(value, str) or not re.fullmatch(r"auto|cpu|cuda(:\d+)?", value):
-        raise _Bad(f"expected auto, cpu, cuda or cuda:N; got {value!r}")
-    return value
-
-
-def _calib_source(value):
-    if value in ("c4", "wikitext2"):
-        return value
-    if isinstance(value, str) and value.endswith((".txt", ".jsonl")):
-        if not Path(value).expanduser().is_file():
-            raise _Bad(f"calibration file {value} does not exist")
-        return value
-    raise _Bad(f"expected c4, wikitext2 or a .txt/.jsonl file; got {value!r}")
-
-
-LEAVES = {
-    "method": _choice(METHODS),
-    "dtype": _choice(("auto", *DTYPES)),
-    "device": _device,
-    "requires_gpu": _bool,
-    "early_barrier": _int(0),
-    "latter_barrier": _int(0),
-    "calibration.source": _calib_source,
-    "calibration.nsamples": _int(1),
-    "calibration.seqlen": _int(2),
-    "calibration.seed": _int(0),
-    "calibration.tokens": _int(2, optional=True),
-    "eval.ppl": _names(tuple(PPL_SETS)),
-    "eval.seqlen": _int(2),
-    "eval.max_windows": _int(1, optional=True),
-    "eval.batch_size": _int(1),
-    "eval.zeroshot": _names(ZEROSHOT_TASKS),
-    "eval.zeroshot_limit": _int(1, optional=True),
-    "eval.zeroshot_batch_size": _int(1),
-    "speed.enabled": _bool,
-    "speed.prompt_len": _int(1),
-    "speed.decode_batch": _int(1),
-    "speed.new_tokens": _int(2),
-    "speed.repeats": _int(1),
-    "speed.warmup": _int(0),
-}
-SECTIONS = ("calibration", "eval", "speed")
-
-
-def _unknown_key(key: str, known) -> str:
-    close = difflib.get_close_matches(key, list(known), n=1)
-    hint = f"; did you mean {close[0]!r}?" if close else f"; known: {', '.join(known)}"
-    return f"unknown key {key!r}{hint}"
-
-
-def _settings(node: _Node, where: str, extra=()) -> dict:
-    """Validated settings of one mapping (a `defaults:` section or a base); keys in `extra` are left out."""
-    out: dict[str, Any] = {}
-    top = [k for k in LEAVES if "." not in k] + list(SECTIONS)
-    for key, child in node.value.items():
-        if key in extra:
-            continue
-        if key in SECTIONS:
-            if not isinstance(child.value, dict):
-                raise ManifestError(f"{where}:{child.line}: {key} must be a mapping of settings.")
-            section = {}
-            known = [k.split(".", 1)[1] for k in LEAVES if k.startswith(key + ".")]
-            for sub, leaf in child.value.items():
-                if sub not in known:
-                    raise ManifestError(f"{where}:{child.key_lines[sub]}: {key}: {_unknown_key(sub, known)}.")
-                section[sub] = _leaf(f"{key}.{sub}", leaf, where)
-            out[key] = section
-        elif key in LEAVES:
-            out[key] = _leaf(key, child, where)
-        else:
-            raise ManifestError(f"{where}:{node.key_lines[key]}: {_unknown_key(key, [*extra, *top])}.")
-    return out
-
-
-def _leaf(key: str, node: _Node, where: str):
-    value = node.value.copy() if isinstance(node.value, list) else node.value
-    if isinstance(value, list):
-        value = [item.value for item in value]
-    if isinstance(value, dict):
-        raise ManifestError(f"{where}:{node.line}: {key}: expected a value, got a mapping.")
-    try:
-        return LEAVES[key](value)
-    except _Bad as exc:
-        raise ManifestError(f"{where}:{node.line}: {key}: {exc}.") from None
-
-
-def _merge(base: dict, update: dict) -> dict:
-    out = copy.deepcopy(base)
-    for key, value in update.items():
-        if isinstance(value, dict):
-            out[key] = {**out.get(key, {}), **value}
-        else:
-            out[key] = value
-    return out
 
 
 # --------------------------------------------------------------------------------------------- the manifest
@@ -284,13 +76,14 @@ class Base:
 
 @dataclass
 class Variant:
-    """One pruned model to publish: a base at one ratio."""
+    """One pruned model to publish: a base at one ratio, healed or not."""
 
     name: str
     repo_id: str
     base: Base
     ratio: float
     line: int
+    healed: bool = False
 
 
 @dataclass
@@ -328,11 +121,15 @@ def variant_name(base: Base, ratio: float) -> str:
 
 
 def base_variants(base: Base, org: str) -> list[Variant]:
+    """One variant per ratio, plus a `-healed` one beside each when the base's `heal.enabled` is true."""
     lines = base.ratio_lines or [base.line] * len(base.ratios)
     out = []
     for ratio, line in zip(base.ratios, lines, strict=True):
         name = variant_name(base, ratio)
         out.append(Variant(name=name, repo_id=f"{org}/{name}", base=base, ratio=ratio, line=line))
+        if base.settings.get("heal", {}).get("enabled"):
+            out.append(Variant(name=f"{name}-healed", repo_id=f"{org}/{name}-healed", base=base, ratio=ratio,
+                               line=line, healed=True))
     return out
 
 
@@ -366,7 +163,7 @@ def _hub_id(value: Any, what: str) -> str:
     return value
 
 
-def _string(node: _Node | None, key: str, where: str, line: int, required: bool = True) -> str | None:
+def _string(node: Node | None, key: str, where: str, line: int, required: bool = True) -> str | None:
     if node is None:
         if required:
             raise ManifestError(f"{where}:{line}: missing {key}.")
@@ -376,7 +173,7 @@ def _string(node: _Node | None, key: str, where: str, line: int, required: bool 
     return node.value.strip()
 
 
-def _parse_base(node: _Node, where: str, defaults: dict) -> Base:
+def _parse_base(node: Node, where: str, defaults: dict) -> Base:
     if not isinstance(node.value, dict):
         raise ManifestError(f"{where}:{node.line}: each entry of bases must be a mapping (name, model, ratios, ...).")
     fields = node.value
@@ -423,7 +220,7 @@ def _parse_base(node: _Node, where: str, defaults: dict) -> Base:
                 line=node.line, ratio_lines=ratio_lines)
 
 
-def _ratios(node: _Node | None, where: str, line: int, name: str) -> tuple[list[float], list[int]]:
+def _ratios(node: Node | None, where: str, line: int, name: str) -> tuple[list[float], list[int]]:
     if node is None:
         raise ManifestError(f"{where}:{line}: base {name!r} has no ratios (for example ratios: [0.1, 0.2, 0.3]).")
     items = node.value if isinstance(node.value, list) else [node]
@@ -444,7 +241,7 @@ def _ratios(node: _Node | None, where: str, line: int, name: str) -> tuple[list[
     return ratios, lines
 
 
-def _index(node: _Node | None, where: str) -> dict:
+def _index(node: Node | None, where: str) -> dict:
     index = dict(DEFAULT_INDEX)
     if node is None:
         return index
@@ -463,28 +260,6 @@ def _index(node: _Node | None, where: str) -> dict:
     return index
 
 
-def parse_override(text: str) -> tuple[str, Any]:
-    """`key=value` of `--set`: the key is a setting (dotted for sections, e.g. eval.max_windows) or org."""
-    key, sep, raw = text.partition("=")
-    key = key.strip()
-    if not sep or not key:
-        raise ManifestError(f"--set {text}: expected key=value, for example eval.max_windows=4.")
-    try:
-        value = yaml.safe_load(raw) if raw.strip() else None
-    except yaml.YAMLError as exc:
-        raise ManifestError(f"--set {text}: the value is not valid YAML ({exc}).") from None
-    if key == "org":
-        if not isinstance(value, str) or not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]*", value):
-            raise ManifestError(f"--set {text}: org must be a Hub user or organisation name.")
-        return key, value
-    if key not in LEAVES:
-        raise ManifestError(f"--set {text}: {_unknown_key(key, ['org', *LEAVES])}.")
-    try:
-        return key, LEAVES[key](value)
-    except _Bad as exc:
-        raise ManifestError(f"--set {text}: {exc}.") from None
-
-
 def load_manifest(path: str | os.PathLike | None = None, overrides: list[str] | None = None,
                   check_hub: bool | None = None) -> Manifest:
     """Read and check a manifest; `overrides` are `--set key=value` strings applied to every base.
@@ -496,7 +271,7 @@ def load_manifest(path: str | os.PathLike | None = None, overrides: list[str] | 
     where = str(path)
     if not path.is_file():
         raise ManifestError(f"Manifest {path} does not exist.")
-    root = _parse(path.read_text(encoding="utf-8"), where)
+    root = parse(path.read_text(encoding="utf-8"), where)
     if not isinstance(root.value, dict):
         raise ManifestError(f"{where}:{root.line}: the manifest must be a mapping with org and bases.")
     top = root.value

@@ -1,0 +1,21 @@
+"""Healing after block removal: a training-free linear fold, and distillation from the dense model.
+
+    from sleb.healing import HealSpec, heal
+    heal("out/smollm2-sleb-20", "out/smollm2-sleb-20-healed", HealSpec(methods=("linear", "distill")))
+
+Both steps change only existing weights, so the result is a standard checkpoint of the
+same architecture as the pruned one. See README.md, "Healing".
+"""
+
+from .cache import cached_heal, cached_heal_dir
+from .data import HealData, heal_data
+from .distill import DistillSpec, distill
+from .linear import fit_linear, residual_writer
+from .match import check_match
+from .run import HEAL_METHODS, HealSpec, heal, heal_model, parse_methods
+
+__all__ = [
+    "DistillSpec", "HEAL_METHODS", "HealData", "HealSpec", "cached_heal", "cached_heal_dir", "check_match", "distill",
+    "fit_linear", "heal",
+    "heal_data", "heal_model", "parse_methods", "residual_writer",
+]

@@ -1,0 +1,170 @@
+"""Training-free healing: one least-squares linear map per cut, folded into the block before it.
+
+For a run of removed blocks a..b, the kept block p = a-1 ends with a Linear that writes
+straight into the residual stream (the MLP's down projection, found by probing, never
+by name). Its output M and the rest of the block's output Y (= output - M) are recorded
+in the pruned model; the dense model gives the hidden state H after block b. The map T
+minimises ||M T - (H - Y)||^2 + lam ||T - I||^2 (ridge towards "no change"), with X^T X
+accumulated in float64 over micro-batches, and is folded as W <- T^T W, b <- b T. Cuts
+are processed in order, so each fit sees the corrections before it.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+
+import torch
+from torch import nn
+from tqdm.auto import tqdm
+
+from ..blocks import find_blocks
+from ..errors import SlebError
+from ..loading import model_device
+
+log = logging.getLogger(__name__)
+
+
+class _Stop(Exception):
+    """Raised by a hook to end a forward pass once the needed block has run."""
+
+
+def _hidden(output):
+    return output[0] if isinstance(output, tuple) else output
+
+
+def cuts(removed: list[int]) -> list[tuple[int, int]]:
+    """Contiguous runs of removed (original) indices, as (first, last)."""
+    runs: list[tuple[int, int]] = []
+    for i in sorted(removed):
+        if runs and runs[-1][1] == i - 1:
+            runs[-1] = (runs[-1][0], i)
+        else:
+            runs.append((i, i))
+    return runs
+
+
+@torch.no_grad()
+def _run_to(model, ids: torch.Tensor, block: nn.Module, pre=None, post=None) -> None:
+    """Forward `ids` until `block` has run, calling `pre(args, kwargs)` / `post(output)` on it."""
+    handles = []
+    if pre is not None:
+        handles.append(block.register_forward_pre_hook(lambda m, a, k: pre(a, k), with_kwargs=True))
+
+    def stop(_m, _a, output):
+        if post is not None:
+            post(output)
+        raise _Stop
+
+    handles.append(block.register_forward_hook(stop))
+    try:
+        model(input_ids=ids.to(model_device(model)), use_cache=False)
+    except _Stop:
+        pass
+    finally:
+        for h in handles:
+            h.remove()
+
+
+@torch.no_grad()
+def residual_writer(model, block_index: int, ids: torch.Tensor) -> nn.Linear:
+    """The last Linear (in execution order) of a block whose output is added unchanged to the block's output.
+
+    Found by probing: each candidate's output gets a random offset, and a writer is one
+    whose offset reappears exactly in the block output.
+    """
+    block = find_blocks(model).blocks[block_index]
+    captured = {}
+    _run_to(model, ids[:1, :16], block, pre=lambda a, k: captured.update(args=a, kwargs=k))
+    args, kwargs = captured["args"], captured["kwargs"]
+    hidden = (args[0] if args else kwargs["hidden_states"])
+    size = hidden.shape[-1]
+    order: list[nn.Linear] = []
+    hooks = [m.register_forward_hook(lambda m, a, o: order.append(m))
+             for m in block.modules() if isinstance(m, nn.Linear) and m.out_features == size]
+    try:
+        base = _hidden(block(*args, **kwargs)).float()
+    finally:
+        for h in hooks:
+            h.remove()
+    writers = []
+    gen = torch.Generator().manual_seed(0)
+    for linear in dict.fromkeys(order):
+        delta = torch.randn(size, generator=gen).to(hidden.device, torch.float32) * (base.abs().mean() + 1)
+        handle = linear.register_forward_hook(lambda m, a, o, d=delta: o + d.to(o.dtype))
+        try:
+            moved = _hidden(block(*args, **kwargs)).float() - base
+        finally:
+            handle.remove()
+        if float((moved - delta).norm() / (delta.norm() * moved[..., 0].numel() ** 0.5)) < 2e-2:
+            writers.append(linear)
+    if not writers:
+        raise SlebError(
+            f"Block {block_index} ({type(block).__name__}) has no Linear whose output is added unchanged to the "
+            "residual stream (e.g. a norm after the MLP); the linear fold cannot be applied to this architecture."
+        )
+    return writers[-1]
+
+
+@torch.no_grad()
+def fit_linear(dense, pruned, removed: list[int], windows: torch.Tensor, ridge: float = 1e-3,
+               batch_size: int = 4, progress: bool = True) -> dict:
+    """Fit and fold one map per cut into `pruned` (in place). Returns a per-cut report."""
+    total = len(find_blocks(dense).blocks)
+    kept = [i for i in range(total) if i not in set(removed)]
+    if len(find_blocks(pruned).blocks) != len(kept):
+        raise SlebError(f"The pruned model has {len(find_blocks(pruned).blocks)} blocks; the removal order "
+                        f"leaves {len(kept)}.")
+    report = []
+    start = time.perf_counter()
+    for first, last in cuts(removed):
+        if first == 0:
+            log.warning("Blocks %d-%d start the stack: no kept block precedes them, so this cut is skipped.",
+                        first, last)
+            report.append({"cut": [first, last], "skipped": "no kept block before the cut"})
+            continue
+        report.append(_fit_cut(dense, pruned, kept, first, last, windows, ridge, batch_size, progress))
+    log.info("Linear healing of %d cut(s) in %.1f s", len(report), time.perf_counter() - start)
+    return {"cuts": report, "ridge": ridge, "tokens": int(windows.numel()),
+            "seconds": round(time.perf_counter() - start, 3)}
+
+
+def _fit_cut(dense, pruned, kept, first, last, windows, ridge, batch_size, progress) -> dict:
+    p = kept.index(first - 1)
+    block = find_blocks(pruned).blocks[p]
+    target_block = find_blocks(dense).blocks[last]
+    writer = residual_writer(pruned, p, windows)
+    name = next(n for n, m in block.named_modules() if m is writer)
+    d = writer.out_features
+    xtx = torch.zeros(d, d, dtype=torch.float64)
+    xtr = torch.zeros(d, d, dtype=torch.float64)
+    rtr = 0.0
+    seen = {}
+    for batch in tqdm(windows.split(batch_size), desc=f"linear fit, cut {first}-{last}", disable=not progress):
+        _run_to(dense, batch, target_block, post=lambda o: seen.update(target=_hidden(o)))
+        handle = writer.register_forward_hook(lambda m, a, o: seen.update(m=o))
+        try:
+            _run_to(pruned, batch, block, post=lambda o: seen.update(out=_hidden(o)))
+        finally:
+            handle.remove()
+        m = seen["m"].reshape(-1, d).double().cpu()
+        r = (seen["target"].reshape(-1, d).double().cpu() - seen["out"].reshape(-1, d).double().cpu()) + m
+        xtx += m.T @ m
+        xtr += m.T @ r
+        rtr += float((r * r).sum())
+    eye = torch.eye(d, dtype=torch.float64)
+    lam = ridge * float(xtx.diagonal().mean())
+    t = torch.linalg.solve(xtx + lam * eye, xtr + lam * eye)
+
+    def err(tt):  # ||M T - R||^2 from the accumulated statistics
+        return float((tt.T @ xtx @ tt).trace() - 2 * (tt.T @ xtr).trace() + rtr)
+
+    before, after = err(eye), err(t)
+    weight = writer.weight
+    weight.copy_((t.T @ weight.double().cpu()).to(weight.device, weight.dtype))
+    if writer.bias is not None:
+        writer.bias.copy_((writer.bias.double().cpu() @ t).to(writer.bias.device, writer.bias.dtype))
+    log.info("Cut %d-%d folded into block %d (%s): squared error at the cut %.4g -> %.4g (%.1f%% less)",
+             first, last, first - 1, name, before, after, 100 * (1 - after / before) if before else 0.0)
+    return {"cut": [first, last], "block": first - 1, "module": name, "error_before": before, "error_after": after,
+            "residual_energy": rtr}
