@@ -127,21 +127,24 @@ class Study:
     # -- evaluations -------------------------------------------------------------------------
     def evaluate(self, removed: list[int]) -> dict:
         """Perplexity (and zero-shot) of the model with `removed` physically removed; cached per block set."""
+        from sleb.evaluate import evaluate_ppl, ppl_text
+
         path = self.out / "evals" / f"{removed_key(removed)}.json"
         entry = read_json(path) or {"removed": sorted(removed)}
+        ppl = entry.setdefault("ppl", {})
+        # a cached figure counts only if it was measured on the text evaluated now (same source, same windows)
+        missing = [name for name in ("wikitext2", "c4") if name not in ppl or ppl[name]["data"] != ppl_text(name)[1]
+                   or ppl[name]["windows"] != self.args.ppl_windows]
         want_zs = self.args.zeroshot_limit > 0 and "zeroshot" not in entry
-        if "ppl" in entry and not want_zs:
+        if not missing and not want_zs:
             return entry
         from sleb.removal import remove_blocks
 
         model, tokenizer, _ = self.model()
         pruned = remove_blocks(copy.deepcopy(model), removed) if removed else model
-        if "ppl" not in entry:
-            from sleb.evaluate import evaluate_ppl
-
+        if missing:
             start = time.perf_counter()
-            entry["ppl"] = evaluate_ppl(pruned, tokenizer, ["wikitext2", "c4"], max_windows=self.args.ppl_windows,
-                                        progress=False)
+            ppl.update(evaluate_ppl(pruned, tokenizer, missing, max_windows=self.args.ppl_windows, progress=False))
             entry["ppl_seconds"] = round(time.perf_counter() - start, 1)
             write_json(path, entry)
             log.info("%s: WikiText-2 %.2f, C4 %.2f", removed_key(removed), entry["ppl"]["wikitext2"]["perplexity"],
