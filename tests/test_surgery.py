@@ -197,3 +197,19 @@ def test_verify_saved_removes_a_folder_that_differs(tmp_path):
     with pytest.raises(SlebError):
         verify_saved(tmp_path / "a", dense, [2])
     assert not (tmp_path / "a").exists()
+
+
+def test_per_layer_input_embeddings_sized_by_the_layer_count_are_refused_before_writing(tmp_path):
+    """Gemma-4's per-layer input table has one slice per block: a plain config cannot describe the cut model."""
+    torch.manual_seed(0)
+    config = tf.Gemma4TextConfig(
+        vocab_size=VOCAB, hidden_size=32, intermediate_size=64, num_hidden_layers=4, num_attention_heads=2,
+        num_key_value_heads=1, head_dim=16, global_head_dim=16, max_position_embeddings=128,
+        vocab_size_per_layer_input=VOCAB, hidden_size_per_layer_input=8, num_kv_shared_layers=0,
+        layer_types=["sliding_attention", "full_attention"] * 2, sliding_window=16,
+    )
+    model = tf.Gemma4ForCausalLM(config).eval()
+    remove_blocks(model, [1])
+    with pytest.raises(SlebError, match=r"embed_tokens_per_layer.*Nothing was written"):
+        save_checkpoint(model, None, tmp_path / "out", {"format": "test"})
+    assert not (tmp_path / "out").exists() and not list(tmp_path.iterdir())
