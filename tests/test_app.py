@@ -30,6 +30,7 @@ from sleb.loading import DEFAULT_BASE_ID, load_model
 from sleb.orders import find_order, model_defaults, shipped_orders
 from sleb.orders.__main__ import main as write_orders
 from sleb.perplexity import token_windows
+from sleb.prune import state_dir
 from sleb.removal import remove_blocks
 from sleb.search import SearchResult
 
@@ -185,7 +186,7 @@ def test_shipped_orders_come_first_and_are_complete(tiny_model_dir, tmp_path, mo
     entry = store.get(str(tiny_model_dir))
     assert search_plan(store, entry, "block-influence", 2, config.calibration)["rounds"] == 0
     assert search_plan(store, entry, "sleb", 2, config.calibration)["rounds"] == 2
-    state = Path(os.environ["SLEB_STATE_DIR"])
+    state = state_dir()
     for file in state.glob("*"):
         file.unlink()
     steps = list(removal_steps(store, entry, "block-influence", 2, config.calibration))
