@@ -30,13 +30,7 @@ ROUNDS = 4
 WINDOWS, SEQ, BATCH = 7, 16, 3  # micro-batches of 3, 3 and 1
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny models run fastest on one thread, and the machine is shared."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def six_layers(config):

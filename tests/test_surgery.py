@@ -28,13 +28,7 @@ ROUTED = {"moe_intermediate_size": 16, "n_routed_experts": 4, "num_experts_per_t
 MIXED = ["sliding_attention", "full_attention", "sliding_attention", "sliding_attention", "full_attention"]
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny models run fastest on one thread, and the machine is shared."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def gemma3_multimodal():
