@@ -61,11 +61,12 @@ def _autocast(device: torch.device, dtype: str):
 def distill_loss(student_logits, teacher_logits, ids, temperature: float, lm_weight: float) -> torch.Tensor:
     """Mean per-token T^2 * KL(teacher || student) (+ lm_weight * next-token cross-entropy)."""
     s = student_logits.float() / temperature
-    t = teacher_logits.float() / temperature
+    t = teacher_logits.to(student_logits.device).float() / temperature  # the heads may sit on different GPUs
     kl = F.kl_div(F.log_softmax(s, -1), F.log_softmax(t, -1), log_target=True, reduction="none").sum(-1)
     loss = kl.mean() * temperature**2
     if lm_weight:
-        ce = F.cross_entropy(student_logits[:, :-1].float().flatten(0, 1), ids[:, 1:].flatten())
+        targets = ids[:, 1:].flatten().to(student_logits.device)
+        ce = F.cross_entropy(student_logits[:, :-1].float().flatten(0, 1), targets)
         loss = loss + lm_weight * ce
     return loss
 
@@ -202,7 +203,7 @@ def distill(student, teacher, windows: torch.Tensor, spec: DistillSpec, state_pa
             micro = micro.to(device)
             with _autocast(device, spec.dtype):
                 with torch.no_grad():
-                    t_logits = teacher(input_ids=micro.to(model_device(teacher)), use_cache=False).logits.to(device)
+                    t_logits = teacher(input_ids=micro.to(model_device(teacher)), use_cache=False).logits
                 s_logits = model(input_ids=micro, use_cache=False).logits
             loss = distill_loss(s_logits, t_logits, micro, spec.temperature, spec.lm_weight)
             (loss * micro.shape[0] / batch.shape[0]).backward()
