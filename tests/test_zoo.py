@@ -105,6 +105,7 @@ def test_folder_loads_generates_and_equals_the_dense_model_with_those_blocks_byp
     for name in NAMES:
         folder = run.out / name
         record = _json(folder / "sleb.json")
+        assert record["verification"]["reload"] == "passed" and record["verification"]["config_check"] == "passed"
         model = AutoModelForCausalLM.from_pretrained(folder).eval()
         tokenizer = AutoTokenizer.from_pretrained(folder)
         assert model.config.num_hidden_layers == 6 - len(record["removal_order"]) == record["num_blocks"]

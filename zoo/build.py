@@ -397,7 +397,7 @@ def stage(folder: Path, pruned, tokenizer, record: dict, results: dict, verifier
     """Write the repository folder (all or nothing); False when it is already complete and identical.
 
     With a `verifier` (`sleb.verify.Verifier`) the checkpoint is reloaded and its logits checked before
-    the folder is moved into place; a failure leaves nothing.
+    the folder is moved into place (a failure leaves nothing), and `sleb.json` records the check.
     """
     results_text = dump_json(results)
     full_record = {**record, "zoo": {"variant": results["variant"], "repo_id": results["repo_id"],
@@ -409,9 +409,12 @@ def stage(folder: Path, pruned, tokenizer, record: dict, results: dict, verifier
         log.info("%s is up to date", folder)
         return False
     with atomic_dir(folder, overwrite=True) as tmp:
-        save_checkpoint(pruned, tokenizer, tmp, overwrite=True, verifier=verifier)
+        save_checkpoint(pruned, tokenizer, tmp, overwrite=True)
         for name, text in wanted.items():
             (tmp / name).write_text(text, encoding="utf-8")
+        if verifier is not None:
+            checked = {**full_record, "verification": {"config_check": "passed", **verifier(tmp)}}
+            (tmp / "sleb.json").write_text(dump_json(checked), encoding="utf-8")
         card.removal_picture(full_record, tmp / card.PICTURE)
     log.info("Staged %s", folder)
     return True
@@ -424,6 +427,11 @@ def _complete(folder: Path, wanted: dict[str, str]) -> bool:
         return False
     for name, text in wanted.items():
         path = folder / name
-        if not path.is_file() or path.read_text(encoding="utf-8") != text:
+        if not path.is_file():
+            return False
+        found = path.read_text(encoding="utf-8")
+        if name == "sleb.json":  # the record as staged, without the verification added after writing
+            found = dump_json({k: v for k, v in json.loads(found).items() if k != "verification"})
+        if found != text:
             return False
     return True
