@@ -238,7 +238,8 @@ def markdown(dense: dict, rows: list[dict], args) -> str:
         "Calibration: consecutive windows from the C4 sample's calibration rows (token-budget protocol). "
         f"Evaluation: perplexity on the first {args.ppl_windows} windows of 2048 tokens of WikiText-2 test "
         "(Hub rows joined with \"\\n\\n\") and of the C4 evaluation rows (0-1099); zero-shot: mean accuracy over "
-        f"PIQA, WinoGrande, HellaSwag, ARC-e, ARC-c, first {args.zeroshot_limit} documents each (stock lm-eval). "
+        "PIQA, WinoGrande, HellaSwag, ARC-e, ARC-c, first 200 documents each (stock lm-eval; `-`: not yet "
+        "measured). "
         f"dtype {args.dtype}. Made by `python scripts/calibration_study.py` (see the script's docstring).", "",
         f"Dense: WikiText-2 {_fmt(dense['wikitext2'])}, C4 {_fmt(dense['c4'])}, "
         f"zero-shot {_fmt(dense['zeroshot'], 4)}.", "",
@@ -252,8 +253,9 @@ def markdown(dense: dict, rows: list[dict], args) -> str:
             best_wt = min(x["wikitext2"] for x in sub if x["budget"] == r["budget"] and x["seqlen"] == r["seqlen"]
                           and x["wikitext2"] is not None) if r["wikitext2"] is not None else None
             wt = _fmt(r["wikitext2"])
+            wt = f"**{wt}**" if r["wikitext2"] is not None and r["wikitext2"] == best_wt else wt
             lines.append(f"| {r['budget']} tok x {r['seqlen']} | {r['method']} | {r['removed']} | "
-                         f"{'**' + wt + '**' if r['wikitext2'] == best_wt else wt} | {_fmt(r['c4'])} | "
+                         f"{wt} | {_fmt(r['c4'])} | "
                          f"{_fmt(r['zeroshot'], 4)} | {_fmt(r['search_seconds'], 0)} |")
         lines.append("")
     return "\n".join(lines)
