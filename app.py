@@ -5,8 +5,10 @@
 Settings come from `SLEB_APP_*` environment variables (see `sleb/demo/models.py`): the
 default model, the calibration budget, the parameter limit for Hub models. Before serving,
 the Hub is probed once (offline mode if it does not answer within 1.5 s) and the default
-model is loaded with its shipped removal order (`SLEB_APP_PRELOAD=0` skips that). The same
-file is the entry point of the Hugging Face Space that `space/deploy.py` builds.
+model is loaded with its shipped removal order (`SLEB_APP_PRELOAD=0` skips that). With
+`SLEB_APP_HEAL=1` the default pruning is then healed once in a background thread (cached), and
+the healed column shows from then on. The same file is the entry point of the Hugging Face
+Space that `space/deploy.py` builds.
 """
 
 import logging
@@ -16,6 +18,7 @@ from pathlib import Path
 import sleb
 from sleb.demo import DemoConfig, ModelStore, build_demo
 from sleb.demo.engine import prepare
+from sleb.demo.healed import heal_in_background
 from sleb.demo.online import hub_online
 
 logging.basicConfig(level=os.environ.get("SLEB_LOG_LEVEL", "INFO"), format="%(asctime)s %(name)s: %(message)s")
@@ -31,4 +34,6 @@ demo = build_demo(config, store)
 if __name__ == "__main__":
     if config.preload:
         prepare(store)
+    if config.heal_at_start:
+        heal_in_background(store)
     demo.launch()

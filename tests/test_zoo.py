@@ -186,14 +186,34 @@ def test_card_snippet_runs_as_written_against_the_folder(run, tmp_path, monkeypa
     assert capsys.readouterr().out.startswith("The capital of France is")
 
 
+def test_the_base_order_is_written_as_an_order_file_the_app_reads(run, tmp_path):
+    from sleb.orders import find_order, shipped_orders
+
+    folder = run.out / "_orders"
+    (order,) = shipped_orders(folder)
+    assert order.path == folder / "tiny-llama-sleb.json" and order.name == "tiny-llama"
+    assert order.base_model == "sleb-test/tiny-random-llama" and order.command.startswith("python zoo/publish.py")
+    found = find_order("sleb-test/tiny-random-llama", "sleb", 6, folder)
+    assert found is not None and found.max_remove == 2
+    for name in NAMES:
+        record = _json(run.out / name / "sleb.json")
+        assert found.removed(len(record["removal_order"])) == record["removal_order"]
+        assert found.rounds == record["search"]["rounds"]
+    with pytest.MonkeyPatch.context() as mp:  # --orders-dir: where a maintainer ships it (sleb/orders)
+        mp.setenv("SLEB_STATE_DIR", str(run.root / "state"))
+        assert publish.main([*run.argv, "--orders-dir", str(tmp_path / "ship")]) == 3
+    assert find_order("sleb-test/tiny-random-llama", "sleb", 6, tmp_path / "ship").order == found.order
+
+
 def test_rerun_costs_nothing_and_changes_nothing(run, caplog):
-    before = {p: (p.stat().st_mtime_ns, p.read_bytes()) for n in NAMES for p in (run.out / n).iterdir()}
+    before = {p: (p.stat().st_mtime_ns, p.read_bytes()) for n in [*NAMES, "_orders"] for p in (run.out / n).iterdir()}
     cached = sorted(p.name for p in run.cache.rglob("*.json"))
     caplog.set_level("INFO")
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("SLEB_STATE_DIR", str(run.root / "state"))
         assert publish.main(run.argv) == 3
-    assert {p: (p.stat().st_mtime_ns, p.read_bytes()) for n in NAMES for p in (run.out / n).iterdir()} == before
+    assert {p: (p.stat().st_mtime_ns, p.read_bytes()) for n in [*NAMES, "_orders"]
+            for p in (run.out / n).iterdir()} == before
     assert sorted(p.name for p in run.cache.rglob("*.json")) == cached
     messages = [r.getMessage() for r in caplog.records]
     assert not [m for m in messages if m.endswith("measuring")]

@@ -9,7 +9,9 @@
 For each base: load it once, search once for all its ratios (cached), evaluate the dense model
 and every variant (cached), and stage `<out>/<variant>/` exactly as it is uploaded. Then, unless
 --dry-run, push each variant, and finally the zoo index (`<out>/_index/`: the org card and
-`zoo.json`) and a collection listing every variant. The manifest is checked, and the token and
+`zoo.json`) and a collection listing every variant. Each base's removal order is also written
+as an order file of `sleb.orders` (`<out>/_orders/<base>-<method>.json`; `--orders-dir sleb/orders`
+ships it with the app). The manifest is checked, and the token and
 the network too, before any work. Exit status: 0 done; 1 publishing failed (rerun to finish);
 2 bad manifest or arguments; 3 some variants skipped (a base that cannot be loaded here).
 """
@@ -29,16 +31,19 @@ if __package__ in (None, ""):  # run as a script: make the `zoo` package importa
 
 from sleb.errors import SlebError  # noqa: E402
 from sleb.loading import cache_dir  # noqa: E402
+from sleb.orders import write_order  # noqa: E402
 from sleb.removal import atomic_dir  # noqa: E402
+from sleb.search import SearchResult  # noqa: E402
 from zoo import card  # noqa: E402
 from zoo.build import Built, ResultCache, SkipBase, build_base, dump_json  # noqa: E402
 from zoo.hub import INDEX_KEY_FILE, Publisher, PublishError, sha256_file  # noqa: E402
-from zoo.manifest import DEFAULT_MANIFEST, Manifest, ManifestError, Variant, load_manifest  # noqa: E402
+from zoo.manifest import DEFAULT_MANIFEST, Base, Manifest, ManifestError, Variant, load_manifest  # noqa: E402
 
 log = logging.getLogger("zoo.publish")
 
 ROOT = Path(__file__).resolve().parents[1]
 INDEX_DIR = "_index"
+ORDERS_DIR = "_orders"
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -54,6 +59,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="override a setting for every base, e.g. eval.max_windows=4 (repeatable)")
     p.add_argument("--no-index", action="store_true", help="do not write or push the zoo index")
+    p.add_argument("--orders-dir", default=None,
+                   help=f"where each base's order file goes (default: <out>/{ORDERS_DIR}; sleb/orders ships it)")
     p.add_argument("-q", "--quiet", action="store_true", help="warnings only, no progress bars")
     return p.parse_args(argv)
 
@@ -67,12 +74,12 @@ def display_path(path: Path) -> str:
         return str(path)
 
 
-def zoo_command(manifest: Manifest, variant: Variant) -> str:
-    """The command that rebuilds and publishes one variant with the same settings."""
+def zoo_command(manifest: Manifest, *variants: Variant) -> str:
+    """The command that rebuilds and publishes these variants with the same settings."""
     parts = ["python", "zoo/publish.py"]
     if manifest.path.resolve() != DEFAULT_MANIFEST:
         parts += ["--manifest", display_path(manifest.path)]
-    parts += ["--only", variant.name]
+    parts += ["--only", ",".join(v.name for v in variants)]
     for text in manifest.overrides:
         parts += ["--set", text]
     return shlex.join(parts)
@@ -87,6 +94,41 @@ def commit_message(built: Built) -> tuple[str, str]:
                    f"from results.json of this commit, measured on {r['hardware']['name']}.\nReproduce: "
                    f"{r['commands']['zoo']}")
     return message, description
+
+
+def write_base_order(manifest: Manifest, base: Base, built: list[Built], folder: Path) -> Path | None:
+    """The base's search record as an order file of `sleb.orders`: `<folder>/<base name>-<method>.json`.
+
+    Kept as it is when it already holds this search (same calibration windows, barriers and
+    dtype) for at least as many blocks, so a rerun, or a build of fewer ratios, changes nothing.
+    """
+    if not built:
+        return None
+    longest = max(built, key=lambda b: SearchResult.from_dict(b.record["search"]).max_remove)  # records are cached
+    record, results = longest.record, longest.results
+    result = SearchResult.from_dict(record["search"])
+    path = folder / f"{base.name}-{result.method}.json"
+
+    def same_search(old: dict) -> bool:
+        a, b = old.get("search") or {}, record["search"]
+        keys = ("early_barrier", "latter_barrier")
+        return (old.get("dtype") == results["dtype"] and a.get("method") == b["method"]
+                and (a.get("settings") or {}).get("calibration", {}).get("fingerprint")
+                == b["settings"].get("calibration", {}).get("fingerprint")
+                and all((a.get("settings") or {}).get(k) == b["settings"].get(k) for k in keys))
+
+    if path.is_file():
+        try:
+            old = json.loads(path.read_text())
+        except json.JSONDecodeError:
+            old = {}
+        if same_search(old) and int(old.get("max_remove") or 0) >= result.max_remove:
+            log.info("The order file %s already holds this search", path)
+            return path
+    write_order(folder, base.name, base.base_model, result, model_argument=results["model_loaded"],
+                dtype=results["dtype"], command=zoo_command(manifest, *[b.variant for b in built]))
+    log.info("Wrote the order file %s (%s, %d blocks)", path, result.method, result.max_remove)
+    return path
 
 
 def index_entries(manifest: Manifest, out: Path, confirmed) -> list[tuple[dict, dict, str]]:
@@ -160,6 +202,7 @@ def main(argv: list[str] | None = None) -> int:
             status.update({v.name: f"failed: {exc}" for v in variants})
             continue
         status.update({name: f"skipped: {why}" for name, why in failed.items()})
+        write_base_order(manifest, base, built, Path(args.orders_dir) if args.orders_dir else out / ORDERS_DIR)
         for item in built:
             message, description = commit_message(item)
             plan = publisher.plan(item.folder, item.variant.name, message, description)

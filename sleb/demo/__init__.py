@@ -3,9 +3,11 @@
 - `models`: settings (`DemoConfig`), per-model defaults, size checks before loading, the model cache.
 - `engine`: removal orders (shipped, zoo, or searched with a cost estimate), streamed generation with
   per-token timings, fair speed comparison, perplexity, `prepare` before serving; no UI.
+- `healed`: the healed column's checkpoint (healed folder, zoo, Hub, sleb cache), loaded once beside its
+  dense model; `heal_in_background` makes one at start (`SLEB_APP_HEAL=1`).
 - `online`: one quick probe of the Hub, remembered (offline mode otherwise).
 - `turns`: first come, first served access to a model, with each visitor's place in line.
-- `zoo`: the zoo's variants and the orders they publish.
+- `zoo`: the zoo's variants (plain and healed) and the orders they publish.
 - `report`: the removal picture and the dense-vs-pruned table.
 - `ui`: the Gradio page (`build_demo`).
 """

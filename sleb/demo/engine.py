@@ -14,7 +14,7 @@ import statistics
 import threading
 import time
 from collections.abc import Iterator, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 
 import torch
 from transformers.generation.streamers import BaseStreamer
@@ -324,6 +324,18 @@ def compare_speed(dense: GenStats, pruned: GenStats, ideal: dict | None = None) 
             "ideal": ideal or {}}
 
 
+def compare_sides(stats: dict[str, GenStats], ideal: dict | None = None) -> dict[str, dict]:
+    """`compare_speed` of every side but dense against dense, all over the same number of new tokens.
+
+    That number is the shortest answer's length among all sides (dense, pruned, healed), so no
+    side is timed on more tokens than another.
+    """
+    n = min(len(s.times) for s in stats.values())
+    dense = replace(stats["dense"], times=stats["dense"].times[:n])
+    return {name: compare_speed(dense, replace(side, times=side.times[:n]), ideal)
+            for name, side in stats.items() if name != "dense"}
+
+
 def ideal_speedup(entry: LoadedModel, removed: Sequence[int], prompt_tokens: int, new_tokens: int) -> dict:
     """The FLOP ratio dense / pruned for this prompt: prefill (time to first token) and decode."""
     dense = entry.flop_counts
@@ -355,6 +367,19 @@ def perplexity_of(entry: LoadedModel, removed: Sequence[int], config: DemoConfig
     return entry.ppl[key]
 
 
+def default_pruning(store: ModelStore) -> tuple[LoadedModel, str, int, SearchResult | None, str]:
+    """The default model (loaded), its default method and block count, and the order already known for it.
+
+    Returns `(entry, method, k, result, source)`; `result` is None when the order would need a search.
+    """
+    config = store.config
+    entry = store.get(config.default_model)
+    defaults = store.defaults_for(config.default_model)
+    k = blocks_to_remove(entry.num_blocks, defaults["ratio"], None, config.max_ratio)
+    result, source = _order_for(store, entry, defaults["method"], k)
+    return entry, defaults["method"], k, result, source
+
+
 def prepare(store: ModelStore) -> LoadedModel:
     """Before serving: load the default model and work out what its first request would otherwise pay for.
 
@@ -363,10 +388,7 @@ def prepare(store: ModelStore) -> LoadedModel:
     """
     config = store.config
     start = time.perf_counter()
-    entry = store.get(config.default_model)
-    defaults = store.defaults_for(config.default_model)
-    k = blocks_to_remove(entry.num_blocks, defaults["ratio"], None, config.max_ratio)
-    result, source = _order_for(store, entry, defaults["method"], k)
+    entry, method, k, result, source = default_pruning(store)
     try:
         perplexity_of(entry, [], config)
         if result is not None:
@@ -374,5 +396,5 @@ def prepare(store: ModelStore) -> LoadedModel:
     except SlebError as exc:  # no evaluation text here: the page shows "n/a" with the reason
         log.warning("Perplexity not prepared: %s", exc)
     log.info("Ready in %.1f s: %s, default %s %d of %d blocks (order: %s)", time.perf_counter() - start, entry.name,
-             defaults["method"], k, entry.num_blocks, source or "searched on the first request")
+             method, k, entry.num_blocks, source or "searched on the first request")
     return entry

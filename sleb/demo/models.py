@@ -2,7 +2,8 @@
 
 Each loaded model is held once; dense and pruned share its weights through one
 `BlockSwitch` (entered for the model's lifetime in the cache), and one lock per model
-serializes everything that runs it: generation, search rounds, perplexity.
+serializes everything that runs it: generation, search rounds, perplexity. A healed
+checkpoint (see `healed`) is a model of its own, held beside its dense model and dropped with it.
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ import torch
 from ..blocks import BlockLayout, BlockSwitch, find_blocks
 from ..calibration import Calibration, CalibrationSpec, build_calibration
 from ..errors import SlebError
+from ..healing import HealSpec
 from ..loading import DEFAULT_BASE_ID, DEFAULT_MODEL, DEFAULT_PACKAGE, ModelSource, load_model, resolve
 from ..names import variant_name
 from ..orders import model_defaults, order_name
@@ -44,6 +46,14 @@ GENERIC_RATIO = 0.1  # default ratio of a model without an entry in sleb/orders/
 
 def embedded_default_available() -> bool:
     return importlib.util.find_spec(DEFAULT_PACKAGE) is not None
+
+
+def app_heal_spec() -> HealSpec:
+    """How the app heals (`SLEB_APP_HEAL=1`) and which healed checkpoints of the sleb cache it looks up.
+
+    The one place for the app's healing settings: a benchmark's choice plugs in here.
+    """
+    return HealSpec()
 
 
 def local_calibration_available() -> bool:
@@ -71,6 +81,8 @@ class DemoConfig:
     manifest: Path = ROOT / "zoo" / "manifest.yaml"
     healed_dir: Path | None = None  # folders of healed checkpoints, named `<variant>-healed` (SLEB_APP_HEALED_DIR)
     preload: bool = False  # load the default model (and its default order's perplexity) before serving
+    heal_spec: HealSpec = field(default_factory=app_heal_spec)  # healed checkpoints looked up in the sleb cache
+    heal_at_start: bool = False  # heal the default pruning once, in the background, after preloading (SLEB_APP_HEAL)
 
     @classmethod
     def from_env(cls) -> DemoConfig:
@@ -84,7 +96,8 @@ class DemoConfig:
                    concurrency=int(env.get("SLEB_APP_CONCURRENCY", 16)),
                    allow_local_paths=env.get("SLEB_APP_LOCAL_PATHS", "1") != "0",
                    healed_dir=Path(env["SLEB_APP_HEALED_DIR"]) if env.get("SLEB_APP_HEALED_DIR") else None,
-                   preload=env.get("SLEB_APP_PRELOAD", "1") != "0")
+                   preload=env.get("SLEB_APP_PRELOAD", "1") != "0",
+                   heal_at_start=env.get("SLEB_APP_HEAL", "0") not in ("", "0"))
 
     def calibration_text(self) -> str:
         spec = self.calibration
@@ -178,6 +191,8 @@ class LoadedModel:
     turns: Turns = field(default_factory=Turns)  # first come, first served; positions shown to visitors
     forward_tok_s: float = 1000.0  # measured at load: what a search here will cost
     flop_counts: dict = field(default_factory=dict)  # matmul weights per part (sleb.speed), for ideal speedups
+    healed: object = None  # the healed checkpoint in memory beside this model (`healed.HealedModel`), at most one
+    healed_lock: threading.Lock = field(default_factory=threading.Lock)  # one healed load at a time
 
     @contextmanager
     def turn(self) -> Iterator[None]:
@@ -188,6 +203,10 @@ class LoadedModel:
             yield
         finally:
             self.turns.give_back(ticket)
+
+    def release(self) -> None:
+        """Drop what hangs on this model (its healed model), so that it is freed with it."""
+        self.healed = None
 
     def has_calibration(self, spec: CalibrationSpec) -> bool:
         return repr(spec) in self._calibration
@@ -223,6 +242,8 @@ class ModelStore:
         self.config = config
         self.zoo = load_zoo(config.manifest)
         self.orders = ZooOrders()
+        self.hub_misses: dict[str, float] = {}  # healed zoo repos not found on the Hub, and when (`healed`)
+        self.healed_refused: set[tuple[str, int]] = set()  # healed folders (and mtimes) that did not fit their model
         self._models: OrderedDict[str, LoadedModel] = OrderedDict()
         self._lock = threading.Lock()  # guards the cache itself; held briefly
         self._load_lock = threading.Lock()  # one load at a time: memory, and no model loaded twice
@@ -242,7 +263,8 @@ class ModelStore:
         variant = self.zoo_variant(value)
         if variant is not None:
             return {"method": variant.method, "ratio": variant.ratio,
-                    "why": f"{variant.ratio:.0%} by {variant.method}: the zoo variant {variant.repo}."}
+                    "why": f"{variant.ratio:.0%} by {variant.method}: the zoo variant {variant.repo}"
+                           + (" (shown in the healed column beside the pruned one)." if variant.healed else ".")}
         base = DEFAULT_BASE_ID if value == DEFAULT_MODEL else value
         with self._lock:
             entry = self._models.get(value)
@@ -260,13 +282,17 @@ class ModelStore:
 
     def zoo_result(self, entry: LoadedModel, method: str) -> SearchResult | None:
         """The zoo's removal order for this base model and method (its longest), if it publishes one."""
-        same = [v for v in self.zoo if v.method == method
-                and (v.base_model == entry.base_id or self.model_name(ZOO_PREFIX + v.repo) == entry.name)]
+        same = [v for v in self.zoo_variants(entry) if v.method == method and not v.healed]
         for variant in sorted(same, key=lambda v: -v.ratio):
             result = self.orders.result(variant)
             if result is not None and result.num_blocks == entry.num_blocks:
                 return result
         return None
+
+    def zoo_variants(self, entry: LoadedModel) -> list[ZooVariant]:
+        """The zoo's variants of this loaded model (by its Hub id, or by what a variant loads for its base)."""
+        return [v for v in self.zoo
+                if v.base_model == entry.base_id or self.model_name(ZOO_PREFIX + v.repo) == entry.name]
 
     def model_name(self, value: str | None) -> str:
         """What to load for a picker value: a zoo variant loads its base (its fallback when that is here)."""
@@ -289,7 +315,7 @@ class ModelStore:
         """A healed checkpoint of this pruning, if one is there: `<healed_dir>/<variant name>-healed`.
 
         The name is the zoo's (`sleb.names.variant_name`, e.g. `smollm2-135m-instruct-sleb-10-healed`).
-        Nothing uses it yet: the healed column is filled in once healing lands (see `ui.make_run`).
+        The first of the healed column's sources (see `healed.find_healed` for the others).
         """
         if not self.config.healed_dir or not k:
             return None
@@ -308,7 +334,8 @@ class ModelStore:
             with self._lock:
                 self._models[name] = entry
                 while len(self._models) > self.config.max_models:
-                    old, _ = self._models.popitem(last=False)
+                    old, gone = self._models.popitem(last=False)
+                    gone.release()
                     log.info("Unloaded %s (keeping at most %d models)", old, self.config.max_models)
             return entry
 
@@ -332,17 +359,22 @@ class ModelStore:
             raise SlebError(f"{name} has about {params / 1e9:.1f}B parameters; this demo loads models up to "
                             f"{self.config.max_params / 1e9:.1f}B. Pick a smaller model.")
         model, tokenizer, source = load_model(name, device="cpu")
-        layout = find_blocks(model)
-        with torch.inference_mode():  # warm-up, so the first user's timings are not a cold start
-            model.generate(torch.tensor([[tokenizer.bos_token_id or 0]]), max_new_tokens=2, do_sample=False,
-                           pad_token_id=tokenizer.eos_token_id)
-            ids = torch.randint(3, max(4, min(model.config.vocab_size, 1000)), (1, 64))
-            start = time.perf_counter()
-            model(ids)  # how fast a forward pass is here, for the cost of a search
-            forward_tok_s = ids.numel() / max(time.perf_counter() - start, 1e-6)
-        switch = BlockSwitch(layout.blocks)
-        switch.__enter__()  # bypass by flag for the model's lifetime here; restored only with the model
-        log.info("Loaded %s: %d blocks (%s), forward %.0f tokens/s", name, len(layout.blocks), layout.block_class,
-                 forward_tok_s)
-        return LoadedModel(name=name, model=model, tokenizer=tokenizer, source=source, layout=layout, switch=switch,
-                           forward_tok_s=forward_tok_s, flop_counts=matmul_params(model))
+        return loaded_model(name, model, tokenizer, source)
+
+
+def loaded_model(name: str, model, tokenizer, source: ModelSource) -> LoadedModel:
+    """A model ready to serve: warmed up, its forward speed measured, its blocks behind a `BlockSwitch`."""
+    layout = find_blocks(model)
+    with torch.inference_mode():  # warm-up, so the first user's timings are not a cold start
+        model.generate(torch.tensor([[tokenizer.bos_token_id or 0]]), max_new_tokens=2, do_sample=False,
+                       pad_token_id=tokenizer.eos_token_id)
+        ids = torch.randint(3, max(4, min(model.config.vocab_size, 1000)), (1, 64))
+        start = time.perf_counter()
+        model(ids)  # how fast a forward pass is here, for the cost of a search
+        forward_tok_s = ids.numel() / max(time.perf_counter() - start, 1e-6)
+    switch = BlockSwitch(layout.blocks)
+    switch.__enter__()  # bypass by flag for the model's lifetime here; restored only with the model
+    log.info("Loaded %s: %d blocks (%s), forward %.0f tokens/s", name, len(layout.blocks), layout.block_class,
+             forward_tok_s)
+    return LoadedModel(name=name, model=model, tokenizer=tokenizer, source=source, layout=layout, switch=switch,
+                       forward_tok_s=forward_tok_s, flop_counts=matmul_params(model))

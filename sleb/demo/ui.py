@@ -5,8 +5,9 @@
 user's mistake never stops the app for the others. Visitors take turns on a model, first
 come first served, and see their place in the line while they wait.
 
-The healed column: the page has a third answer box (`#healed`, hidden) and the table takes
-any number of sides; `run` marks where a healed model's answer goes (`healed_folder`).
+The healed column: where a healed checkpoint of the current pruning exists (`healed`), the
+third answer box (`#healed`, hidden otherwise) shows its answer, and the table and details
+its speed and perplexity beside dense and pruned.
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ from .engine import (
     GenSettings,
     GenStats,
     blocks_to_remove,
-    compare_speed,
+    compare_sides,
     encode_prompt,
     ideal_speedup,
     perplexity_of,
@@ -32,6 +33,7 @@ from .engine import (
     search_plan,
     stream_generate,
 )
+from .healed import find_healed, healed_model
 from .models import DemoConfig, ModelStore
 from .report import removal_figure, stats_table
 
@@ -74,7 +76,11 @@ def _ordinal(n: int) -> str:
 
 
 def make_run(config: DemoConfig, store: ModelStore):
-    """The Run handler: a generator streaming (status, dense, pruned, healed, table, figure, details)."""
+    """The Run handler: a generator streaming (status, dense, pruned, healed, table, figure, details).
+
+    The healed box is an update: visible with its text where a healed checkpoint of this
+    pruning exists, hidden otherwise.
+    """
 
     def run(model, method, percent, blocks, prompt, max_new_tokens, temperature, seed,
             progress=TRACK_TQDM):
@@ -82,17 +88,23 @@ def make_run(config: DemoConfig, store: ModelStore):
         stats = {"dense": GenStats(), "pruned": GenStats()}
         removed: list[int] = []
         tickets: list[int] = []
-        entry = None
+        entry = healed = None
+
+        def healed_box():
+            return gr.update(value=texts["healed"], visible=healed is not None)
 
         def out(status, table=""):
-            return status, texts["dense"], texts["pruned"], texts["healed"], table, gr.skip(), gr.skip()
+            return status, texts["dense"], texts["pruned"], healed_box(), table, gr.skip(), gr.skip()
+
+        def side_of(name, ppl=None):
+            if name == "healed":
+                return {**_side(healed.entry.num_blocks, healed.entry.parameters(), stats[name], ppl),
+                        **healed.checkpoint.details()}
+            gone = removed if name == "pruned" else []
+            return _side(entry.num_blocks - len(gone), entry.parameters(gone), stats[name], ppl)
 
         def table():
-            params = {"dense": entry.parameters(), "pruned": entry.parameters(removed)}
-            blocks_of = {"dense": entry.num_blocks, "pruned": entry.num_blocks - len(removed)}
-            sides = {name: _side(blocks_of[name], params[name], stats[name]) for name in stats}
-            return stats_table(sides, {name: compare_speed(stats["dense"], stats[name], ideal)
-                                       for name in stats if name != "dense"})
+            return stats_table({name: side_of(name) for name in stats}, compare_sides(stats, ideal))
 
         def wait_turn(what):
             ticket = entry.turns.take()
@@ -124,38 +136,48 @@ def make_run(config: DemoConfig, store: ModelStore):
                 result, source = last.result, last.source
             removed = result.removed(k) if k else []
             ideal = ideal_speedup(entry, removed, int(ids.shape[1]), settings.max_new_tokens)
+            checkpoint = find_healed(store, entry, method, k, removed)
+            if checkpoint is not None:
+                yield out(f"Loading the healed model ({checkpoint.source})…")
+                healed = healed_model(store, entry, checkpoint, k)
+                if healed is not None:
+                    stats["healed"] = GenStats()
 
-            # One turn for both answers: the visitor's two answers are timed back to back.
+            # One turn for all answers: the visitor's answers (dense, pruned, healed) are timed back to back.
             yield from wait_turn("answers")
             for texts["dense"], stats["dense"] in stream_generate(entry, ids, (), settings):
                 yield out("Dense model answering…", table())
             for texts["pruned"], stats["pruned"] in stream_generate(entry, ids, removed, settings):
                 yield out("Pruned model answering…", table())
-            # The healed column goes here: generate with the healed checkpoint of `healed_folder(...)`
-            # into texts["healed"], add its GenStats to `stats` (its speed is compared with dense like
-            # pruned's), and make the #healed box visible.
+            if healed is not None:  # its own model and lock; in this turn, like the others
+                for texts["healed"], stats["healed"] in stream_generate(healed.entry, ids, (), settings):
+                    yield out("Healed model answering…", table())
             ppl = {}
-            for name, skip in (("dense", []), ("pruned", removed)):
+            runs = [("dense", entry, []), ("pruned", entry, removed)]
+            for name, model_entry, skip in runs + ([("healed", healed.entry, [])] if healed else []):
                 try:
-                    ppl[name] = round(perplexity_of(entry, skip, config)["perplexity"], 3)
+                    ppl[name] = round(perplexity_of(model_entry, skip, config)["perplexity"], 3)
                 except SlebError as exc:
                     ppl[name] = f"n/a: {exc}"
             entry.turns.give_back(tickets.pop())
             # Drawn after the turn: rendering the picture must not hold up the next visitor.
             figure = removal_figure(result, k, entry.num_blocks, (EARLY_BARRIER, LATTER_BARRIER),
                                     f"{entry.name}: {k} of {entry.num_blocks} blocks removed by {method} ({source})")
-            sides = {"dense": _side(entry.num_blocks, entry.parameters(), stats["dense"], ppl["dense"]),
-                     "pruned": _side(entry.num_blocks - len(removed), entry.parameters(removed), stats["pruned"],
-                                     ppl["pruned"])}
-            speed = {"pruned": compare_speed(stats["dense"], stats["pruned"], ideal)}
+            sides = {name: side_of(name, ppl[name]) for name in stats}
+            speed = compare_sides(stats, ideal)
+            note = ""
+            if healed is not None and healed.checkpoint.removed and set(healed.checkpoint.removed) != set(removed):
+                note = (f"\n\n*The healed checkpoint removed blocks {healed.checkpoint.removed} (its own order), the "
+                        f"pruned side {removed}: the same count, so the same size and ideal speed.*")
+            healed_details = {"healed_speedup": speed["healed"]} if healed is not None else {}
             details = {
                 "model": entry.name, "base_model": entry.base_id, "method": method, "num_blocks": entry.num_blocks,
-                "removed": removed, "order_source": source, **sides, "speedup": speed["pruned"],
+                "removed": removed, "order_source": source, **sides, "speedup": speed["pruned"], **healed_details,
                 "prompt_tokens": int(ids.shape[1]), "chat_template": entry.is_chat,
                 "decoding": vars(settings), "calibration": config.calibration_text(),
                 "perplexity_data": f"WikiText-2 test, first {config.ppl_windows} windows of {config.ppl_seqlen} tokens",
             }
-            yield ("Done.", texts["dense"], texts["pruned"], texts["healed"], stats_table(sides, speed), figure,
+            yield ("Done.", texts["dense"], texts["pruned"], healed_box(), stats_table(sides, speed) + note, figure,
                    details)
         except Exception as exc:
             raise _user_error(exc) from exc

@@ -2,7 +2,8 @@
 
 The manifest (see zoo/manifest.yaml) names an `org` and `bases`, each with a `model`, an
 optional `fallback` (e.g. `default`, the embedded copy), `ratios` and settings that
-override `defaults`; each base gives one variant per ratio, `<org>/<name>-<method>-<percent>`.
+override `defaults`; each base gives one variant per ratio, `<org>/<name>-<method>-<percent>`,
+and with `heal: {enabled: true}` a healed one beside it, `...-<percent>-healed`.
 A variant's `sleb.json` holds the base's whole removal order with each round's score; the
 demo reads it from a local build folder (`SLEB_ZOO_DIR`, else `build/zoo` in the project)
 or from the variant's Hub repository (only when the Hub answered the one quick probe of
@@ -45,10 +46,12 @@ class ZooVariant:
     method: str
     ratio: float
     requires_gpu: bool = False
+    healed: bool = False  # the pruned model healed (`sleb.healing`): the app shows it in the healed column
 
     @property
     def label(self) -> str:
-        return f"zoo: {self.repo} ({self.method}, {self.ratio:.0%} of blocks removed)"
+        healed = ", healed" if self.healed else ""
+        return f"zoo: {self.repo} ({self.method}, {self.ratio:.0%} of blocks removed{healed})"
 
 
 def load_zoo(path: str | os.PathLike | None) -> list[ZooVariant]:
@@ -63,12 +66,15 @@ def load_zoo(path: str | os.PathLike | None) -> list[ZooVariant]:
             method = base.get("method") or defaults.get("method") or "sleb"
             model = str(base["model"])
             base_model = base.get("base_model") or (DEFAULT_BASE_ID if model == DEFAULT_MODEL else model)
+            heal = {**(defaults.get("heal") or {}), **(base.get("heal") or {})}
             for ratio in base.get("ratios") or []:
-                name = variant_name(base["name"], method, float(ratio))
-                variants.append(ZooVariant(
-                    name=name, repo=f"{data['org']}/{name}", base_model=str(base_model), model=model,
-                    fallback=base.get("fallback"), method=method, ratio=float(ratio),
-                    requires_gpu=bool(base.get("requires_gpu", defaults.get("requires_gpu", False)))))
+                for healed in (False, True) if heal.get("enabled") else (False,):
+                    name = variant_name(base["name"], method, float(ratio), healed=healed)
+                    variants.append(ZooVariant(
+                        name=name, repo=f"{data['org']}/{name}", base_model=str(base_model), model=model,
+                        fallback=base.get("fallback"), method=method, ratio=float(ratio),
+                        requires_gpu=bool(base.get("requires_gpu", defaults.get("requires_gpu", False))),
+                        healed=healed))
         return variants
     except (yaml.YAMLError, KeyError, TypeError, ValueError, AttributeError) as exc:
         log.warning("Ignoring the zoo manifest %s: it cannot be read (%s: %s)", path, type(exc).__name__, exc)

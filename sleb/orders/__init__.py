@@ -9,7 +9,8 @@ the reason. Write them with
         --calib-tokens 2048 --seqlen 128 --dtype bfloat16
 
 (any `sleb search` calibration option works; the search resumes from the sleb cache).
-A zoo variant's order is the file of its base and method: `<base name>-<method>.json`.
+A zoo variant's order is the file of its base and method: `<base name>-<method>.json`;
+`zoo/publish.py` writes it (`--orders-dir sleb/orders` to ship it) with the same `write_order`.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ import logging
 import os
 import tempfile
 from dataclasses import dataclass
+from datetime import datetime, timezone
 from functools import lru_cache
 from pathlib import Path
 
@@ -110,3 +112,23 @@ def write_json(path: Path, data: dict) -> None:
         Path(tmp).unlink(missing_ok=True)
         raise
     _read_all.cache_clear()
+
+
+def write_order(folder: str | os.PathLike, name: str, base_model: str, result: SearchResult, *, model_argument: str,
+                dtype: str, command: str) -> Path:
+    """Write `<folder>/<name>-<method>.json` (atomically): the search record and how it was made.
+
+    `name` is the file's model part (the zoo's base name, or `order_name(base_model)`),
+    `base_model` the dense model's Hub id, `model_argument` what was loaded, `command` what
+    reproduces the search.
+    """
+    from ..prune import versions
+
+    path = Path(folder) / f"{name}-{result.method}.json"
+    settings = {k: v for k, v in result.settings.items() if k != "source"}  # where this process read it from
+    write_json(path, {
+        "format": FORMAT, "name": name, "base_model": base_model, "model_argument": model_argument,
+        "method": result.method, "num_blocks": result.num_blocks, "max_remove": result.max_remove, "dtype": dtype,
+        "command": command, "versions": versions(), "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "search": {**result.to_dict(), "settings": settings}})
+    return path

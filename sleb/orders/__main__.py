@@ -11,10 +11,9 @@ import argparse
 import logging
 import shlex
 import sys
-from datetime import datetime, timezone
 from pathlib import Path
 
-from . import FORMAT, order_name, orders_dir, write_json
+from . import order_name, orders_dir, write_order
 
 log = logging.getLogger("sleb.orders")
 
@@ -37,7 +36,7 @@ def main(argv: list[str] | None = None) -> int:
     from ..cli import _spec
     from ..errors import SlebError
     from ..loading import load_model
-    from ..prune import find_removal, versions
+    from ..prune import find_removal
 
     argv = sys.argv[1:] if argv is None else argv
     args = build_parser().parse_args(argv)
@@ -52,14 +51,9 @@ def main(argv: list[str] | None = None) -> int:
             result = find_removal(model, calib, args.num_remove, method.strip(), early_barrier=args.early_barrier,
                                   latter_barrier=args.latter_barrier, batch_size=args.batch_size, seed=args.seed,
                                   progress=not args.quiet, state_path=args.state, reference=args.reference)
-            path = (args.out_dir or orders_dir()) / f"{name}-{result.method}.json"
-            write_json(path, {
-                "format": FORMAT, "name": name, "base_model": base, "model_argument": source.name,
-                "method": result.method, "num_blocks": result.num_blocks, "max_remove": result.max_remove,
-                "dtype": str(next(model.parameters()).dtype).removeprefix("torch."),
-                "command": shlex.join(["python", "-m", "sleb.orders", *argv]),
-                "versions": versions(), "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-                "search": result.to_dict()})
+            path = write_order(args.out_dir or orders_dir(), name, base, result, model_argument=source.name,
+                               dtype=str(next(model.parameters()).dtype).removeprefix("torch."),
+                               command=shlex.join(["python", "-m", "sleb.orders", *argv]))
             log.info("%s: %s removes %s; wrote %s", name, result.method, result.removed(result.max_remove), path)
     except SlebError as exc:
         log.error("error: %s", exc)
