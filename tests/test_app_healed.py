@@ -46,9 +46,21 @@ def tiny_config(model_dir, **overrides) -> DemoConfig:
 
 
 def ask(config, store, model, method="last", percent=0, blocks=2, new_tokens=12):
-    """Every update the run handler yields for one request."""
+    """Every output the run handler yields for one request."""
     run = make_run(config, store)
     return list(run(str(model), method, percent, blocks, PROMPT, new_tokens, 0, 0, progress=lambda *a, **k: None))
+
+
+def box_shown(updates) -> list[bool]:
+    """Whether the healed box is visible after each yield (an update changes it; plain text leaves it)."""
+    states, visible = [], None
+    for update in updates:
+        box = update[3]
+        if isinstance(box, dict):
+            assert box["__type__"] == "update"
+            visible = box["visible"]
+        states.append(visible)
+    return states
 
 
 @pytest.fixture(scope="module")
@@ -91,9 +103,10 @@ def test_healed_column_answers_like_the_checkpoint_alone_and_goes_with_its_model
     updates = ask(config, store, tiny_model_dir)
     status, dense, pruned, box, table, _figure, details = updates[-1]
     assert status == "Done." and details["removed"] == LAST_TWO
-    assert box["visible"] and box["value"] == expected_answer(healed_dir / name, tiny_model_dir)
-    assert [u[3]["visible"] for u in updates[:1]] == [False]  # hidden until the checkpoint is found
-    assert any(u[0] == "Healed model answering…" and u[3]["visible"] for u in updates)
+    assert box == expected_answer(healed_dir / name, tiny_model_dir)
+    shown = box_shown(updates)
+    assert shown[0] is False and shown[-1] is True  # hidden until the checkpoint is found, then shown
+    assert all(s for u, s in zip(updates, shown, strict=True) if u[0] == "Healed model answering…")
     assert table.splitlines()[0] == "| | dense | pruned | healed |"
     healed = details["healed"]
     assert healed["blocks"] == 4 and sorted(healed["removed"]) == [3, 4] and healed["healing"] == "linear"
@@ -124,7 +137,7 @@ def test_without_a_healed_checkpoint_the_box_stays_hidden(tiny_model_dir, tmp_pa
     updates = ask(config, ModelStore(config), tiny_model_dir)
     status, _dense, _pruned, box, table, _figure, details = updates[-1]
     assert status == "Done." and details["removed"] == LAST_TWO
-    assert not any(u[3]["visible"] for u in updates) and box["value"] == ""
+    assert box_shown(updates) == [False] * len(updates) and box == ""
     assert "healed" not in details and "healed_speedup" not in details
     assert table.splitlines()[0] == "| | dense | pruned |"
 
@@ -157,12 +170,11 @@ def test_healed_zoo_variants_are_listed_picked_and_shown_and_offline_never_downl
     status, _dense, _pruned, box, _table, _figure, details = ask(config, store, pick, percent=33, blocks=0)[-1]
     assert status == "Done." and details["model"] == str(tiny_model_dir)  # a zoo variant loads its base
     assert details["healed"]["source"] == "zoo build: tiny-last-33-healed"
-    assert box["visible"] and box["value"] == expected_answer(tmp_path / "built" / "tiny-last-33-healed",
-                                                              tiny_model_dir)
+    assert box == expected_answer(tmp_path / "built" / "tiny-last-33-healed", tiny_model_dir)
     # The zoo lists a healed variant at 50% that is not built here: offline, the Hub is never asked.
     updates = ask(config, store, "zoo:test-zoo/tiny-last-50-healed", percent=50, blocks=0)
     assert updates[-1][0] == "Done." and len(updates[-1][6]["removed"]) == 3
-    assert not any(u[3]["visible"] for u in updates) and downloads == []
+    assert not any(box_shown(updates)) and downloads == []
 
 
 def test_healed_once_at_start_in_the_background_then_shown(tiny_model_dir, tmp_path, monkeypatch, caplog):
@@ -180,7 +192,7 @@ def test_healed_once_at_start_in_the_background_then_shown(tiny_model_dir, tmp_p
     store = ModelStore(config)
     before = ask(config, store, tiny_model_dir, percent=33, blocks=0)
     assert before[-1][0] == "Done." and before[-1][6]["order_source"].startswith("shipped")
-    assert not any(u[3]["visible"] for u in before)
+    assert not any(box_shown(before))
     caplog.set_level(logging.INFO, logger="sleb.demo.healed")
     thread = heal_in_background(store)
     assert thread is not None and thread.daemon
@@ -191,7 +203,47 @@ def test_healed_once_at_start_in_the_background_then_shown(tiny_model_dir, tmp_p
     assert "in the background" in messages and "the healed column shows" in messages
     folder = cached_heal_dir(str(tiny_model_dir), LAST_TWO, SPEC)
     assert json.loads((folder / "sleb.json").read_text())["healing"]["methods"] == ["linear"]
-    status, _dense, _pruned, box, _table, _figure, details = ask(config, store, tiny_model_dir, percent=33,
-                                                                 blocks=0)[-1]
+    after = ask(config, store, tiny_model_dir, percent=33, blocks=0)
+    status, _dense, _pruned, box, _table, _figure, details = after[-1]
     assert status == "Done." and details["healed"]["source"] == "healed here (sleb cache)"
-    assert box["visible"] and box["value"] == expected_answer(folder, tiny_model_dir)
+    assert box_shown(after)[-1] and box == expected_answer(folder, tiny_model_dir)
+
+
+def test_the_launched_page_serves_the_healed_answer(healed_checkpoint, tiny_model_dir, tmp_path):
+    """Through Gradio itself (the box is an update, shown): the client gets the healed text."""
+    from gradio_client import Client
+
+    from sleb.demo import build_demo
+    from tests.test_app import free_port
+
+    name = variant_name("tiny-llama", "last", round(2 / 6, 4), healed=True)
+    shutil.copytree(healed_checkpoint, tmp_path / name)
+    demo = build_demo(tiny_config(tiny_model_dir, healed_dir=tmp_path))
+    demo.launch(prevent_thread_lock=True, server_name="127.0.0.1", server_port=free_port(), quiet=True)
+    client = Client(demo.local_url, verbose=False)
+    try:
+        status, _dense, _pruned, healed, _table, _plot, details = client.predict(
+            str(tiny_model_dir), "last", 0, 2, PROMPT, 12, 0, 0, api_name="/run")
+    finally:
+        client.close()
+        demo.close()
+    assert status == "Done." and details["healed"]["blocks"] == 4
+    assert healed == expected_answer(tmp_path / name, tiny_model_dir)
+
+
+def test_every_side_is_timed_over_the_same_number_of_tokens():
+    from sleb.demo.engine import GenStats, compare_sides
+
+    def side(n, step):  # first token at 0.5 s, then one every `step` s; the last step slower
+        times = [0.5 + i * step for i in range(n)]
+        times[-1] += 1.0
+        return GenStats(tokens=n, ttft_s=0.5, times=times)
+
+    stats = {"dense": side(20, 0.04), "pruned": side(10, 0.03), "healed": side(15, 0.02)}
+    speed = compare_sides(stats)
+    assert speed["pruned"]["tokens_compared"] == speed["healed"]["tokens_compared"] == 10
+    # Over tokens 1..10 the dense steps are all 0.04 s, healed's 0.02 s (its slow last step is token 15).
+    assert speed["healed"]["decode"] == 2.0 and speed["healed"]["dense_ms_per_token"] == 40.0
+    assert speed["pruned"]["dense_ms_per_token"] == 40.0
+    waiting = compare_sides({**stats, "healed": GenStats()})  # not started: no figures, holds nobody back
+    assert waiting["healed"]["tokens_compared"] == 0 and waiting["pruned"]["tokens_compared"] == 10

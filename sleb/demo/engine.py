@@ -328,9 +328,10 @@ def compare_sides(stats: dict[str, GenStats], ideal: dict | None = None) -> dict
     """`compare_speed` of every side but dense against dense, all over the same number of new tokens.
 
     That number is the shortest answer's length among all sides (dense, pruned, healed), so no
-    side is timed on more tokens than another.
+    side is timed on more tokens than another; a side not started yet (while others stream) has
+    no figures and does not hold the others back.
     """
-    n = min(len(s.times) for s in stats.values())
+    n = min((len(s.times) for s in stats.values() if s.times), default=0)
     dense = replace(stats["dense"], times=stats["dense"].times[:n])
     return {name: compare_speed(dense, replace(side, times=side.times[:n]), ideal)
             for name, side in stats.items() if name != "dense"}

@@ -148,7 +148,10 @@ def healed_model(store: ModelStore, entry: LoadedModel, checkpoint: HealedCheckp
         current = entry.healed
         if current is not None and current.checkpoint.folder == checkpoint.folder:
             return current
-        stamp = (str(checkpoint.folder), (checkpoint.folder / "config.json").stat().st_mtime_ns)
+        try:
+            stamp = (str(checkpoint.folder), (checkpoint.folder / "config.json").stat().st_mtime_ns)
+        except OSError:  # removed meanwhile
+            return None
         if stamp in store.healed_refused:
             return None
         entry.healed = None  # one healed model per dense model: the previous one goes before the next loads

@@ -78,8 +78,9 @@ def _ordinal(n: int) -> str:
 def make_run(config: DemoConfig, store: ModelStore):
     """The Run handler: a generator streaming (status, dense, pruned, healed, table, figure, details).
 
-    The healed box is an update: visible with its text where a healed checkpoint of this
-    pruning exists, hidden otherwise.
+    The healed box is shown where a healed checkpoint of this pruning exists, hidden otherwise:
+    an update says so when that changes (on the first yield, and when the checkpoint is loaded),
+    every other yield is plain text, so an API client's final answer is a string like the others.
     """
 
     def run(model, method, percent, blocks, prompt, max_new_tokens, temperature, seed,
@@ -89,9 +90,14 @@ def make_run(config: DemoConfig, store: ModelStore):
         removed: list[int] = []
         tickets: list[int] = []
         entry = healed = None
+        shown = []  # the box's visibility as last sent
 
         def healed_box():
-            return gr.update(value=texts["healed"], visible=healed is not None)
+            visible = healed is not None
+            if shown[-1:] == [visible]:
+                return texts["healed"]
+            shown.append(visible)
+            return gr.update(value=texts["healed"], visible=visible)
 
         def out(status, table=""):
             return status, texts["dense"], texts["pruned"], healed_box(), table, gr.skip(), gr.skip()
