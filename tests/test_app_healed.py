@@ -247,3 +247,18 @@ def test_every_side_is_timed_over_the_same_number_of_tokens():
     assert speed["pruned"]["dense_ms_per_token"] == 40.0
     waiting = compare_sides({**stats, "healed": GenStats()})  # not started: no figures, holds nobody back
     assert waiting["healed"]["tokens_compared"] == 0 and waiting["pruned"]["tokens_compared"] == 10
+
+
+def test_a_healed_checkpoint_that_does_not_fit_is_left_out_and_the_request_answered(healed_checkpoint, tiny_model_dir,
+                                                                                   tmp_path, caplog):
+    """A checkpoint under the name of 3 removed blocks that has 4 blocks (2 removed): refused once, logged."""
+    name = variant_name("tiny-llama", "last", 0.5, healed=True)
+    shutil.copytree(healed_checkpoint, tmp_path / name)
+    config = tiny_config(tiny_model_dir, healed_dir=tmp_path)
+    store = ModelStore(config)
+    caplog.set_level(logging.WARNING, logger="sleb.demo.healed")
+    for _ in range(2):
+        updates = ask(config, store, tiny_model_dir, blocks=3, new_tokens=4)
+        assert updates[-1][0] == "Done." and "healed" not in updates[-1][6] and not any(box_shown(updates))
+    refusals = [r.getMessage() for r in caplog.records if "Not showing" in r.getMessage()]
+    assert len(refusals) == 1 and "it has 4 blocks, not 3" in refusals[0]
