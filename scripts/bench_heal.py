@@ -35,8 +35,8 @@ from sleb.removal import remove_blocks, save_checkpoint  # noqa: E402
 from sleb.zeroshot import ZEROSHOT_TASKS, evaluate_zeroshot  # noqa: E402
 
 log = logging.getLogger("bench_heal")
-# SLEB's order for 6 of SmolLM2's 30 blocks (results/compare-smollm2: 16 x 128 C4 calibration tokens, seed 0).
-DEFAULT_BLOCKS = "14,17,18,16,5,13"
+# The shipped SLEB order's first 6 of SmolLM2's 30 blocks (sleb/orders: 2,048 C4 calibration tokens, seed 0).
+DEFAULT_BLOCKS = "17,18,16,5,14,15"
 VARIANTS = ("dense", "pruned", "linear", "distill", "linear+distill")
 
 
@@ -98,7 +98,9 @@ def heal_variant(args, name: str, removed: list[int], folder: Path, results: dic
     """Heal a fresh pruned copy with the variant's steps; time it, measure peak memory, save the checkpoint."""
     dense, tokenizer, _ = load_model(args.model, device="cpu", dtype="float32")
     spec = HealSpec(methods=tuple(name.split("+")), seqlen=args.heal_seqlen, linear_tokens=args.linear_tokens,
-                    distill=DistillSpec(tokens=args.distill_tokens, lr=args.lr, dtype=args.heal_dtype))
+                    distill=DistillSpec(tokens=args.distill_tokens, lr=args.lr, dtype=args.heal_dtype,
+                                        batch_windows=args.batch, lora_rank=args.lora_rank,
+                                        lora_alpha=2 * args.lora_rank))
     pruned = remove_blocks(load_model(args.model, device="cpu", dtype="float32")[0], removed)
     reset_peak()
     start, cpu = time.perf_counter(), time.process_time()
@@ -116,13 +118,15 @@ def main() -> None:
     p.add_argument("--model", default="default")
     p.add_argument("--blocks", default=DEFAULT_BLOCKS, help="removed blocks (original indices)")
     p.add_argument("--ppl-windows", type=int, default=32, help="perplexity windows of 2048 per set")
-    p.add_argument("--limit", type=int, default=200, help="zero-shot documents per task (0: skip zero-shot)")
+    p.add_argument("--limit", type=int, default=1000, help="zero-shot documents per task (0: skip zero-shot)")
     p.add_argument("--eval-dtype", default="bf16", help="dtype for evaluation (bf16 or float32)")
     p.add_argument("--linear-tokens", type=int, default=16384)
-    p.add_argument("--distill-tokens", type=int, default=65536)
+    p.add_argument("--distill-tokens", type=int, default=DistillSpec.tokens)
     p.add_argument("--heal-seqlen", type=int, default=512)
     p.add_argument("--heal-dtype", default="bf16")
-    p.add_argument("--lr", type=float, default=1e-3)
+    p.add_argument("--lr", type=float, default=DistillSpec.lr)
+    p.add_argument("--batch", type=int, default=DistillSpec.batch_windows, help="windows per optimizer step")
+    p.add_argument("--lora-rank", type=int, default=DistillSpec.lora_rank)
     p.add_argument("--variants", default=",".join(VARIANTS))
     p.add_argument("--out", default="results/bench_heal.json")
     p.add_argument("--work", default=str(cache_dir() / "bench_heal"), help="folder for healed checkpoints")
@@ -139,9 +143,11 @@ def main() -> None:
     settings = dict(
         model=args.model, removed=removed, ppl_windows=args.ppl_windows, limit=args.limit,
         eval_dtype=args.eval_dtype, linear_tokens=args.linear_tokens, distill_tokens=args.distill_tokens,
-        heal_seqlen=args.heal_seqlen, heal_dtype=args.heal_dtype, lr=args.lr, threads=torch.get_num_threads(),
+        heal_seqlen=args.heal_seqlen, heal_dtype=args.heal_dtype, lr=args.lr, batch=args.batch,
+        lora_rank=args.lora_rank, threads=torch.get_num_threads(),
         cpu_count=os.cpu_count())
-    if results.get("settings", settings) != settings:
+    old = {k: v for k, v in results.get("settings", settings).items() if k not in ("limit", "threads")}
+    if old != {k: v for k, v in settings.items() if k not in ("limit", "threads")}:  # zero-shot may be added later
         log.warning("%s holds results of other settings; starting it again.", out)
         results = {}
     results["settings"] = settings
@@ -173,9 +179,11 @@ def main() -> None:
             save_results(out, results)
     for name in variants if args.limit else []:
         row = results["eval"][name]
-        if "zeroshot" not in row:
+        if row.get("zeroshot_limit") != args.limit:
             start = time.perf_counter()
-            row["zeroshot"] = evaluate_zeroshot(model_of(name), tokenizer, ZEROSHOT_TASKS, limit=args.limit)
+            row["zeroshot"] = evaluate_zeroshot(model_of(name), tokenizer, ZEROSHOT_TASKS, limit=args.limit,
+                                              batch_size=8)
+            row["zeroshot_limit"] = args.limit
             row["zeroshot_mean"] = sum(v["acc"] for v in row["zeroshot"].values()) / len(row["zeroshot"])
             row["zeroshot_seconds"] = round(time.perf_counter() - start, 1)
             save_results(out, results)

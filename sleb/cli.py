@@ -139,14 +139,19 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _heal_args(p: argparse.ArgumentParser) -> None:
+    from .healing import DistillSpec
+
     p.add_argument("--heal-data", default="c4", help="healing text: c4 (the sample's calibration rows 1100+), "
                    "wikitext2 (train, Hub) or a .txt/.jsonl file (default c4)")
     p.add_argument("--heal-seqlen", type=int, default=512, help="tokens per healing window (default 512)")
-    p.add_argument("--heal-tokens", type=int, default=65536, help="distillation token budget (default 65536)")
+    p.add_argument("--heal-tokens", type=int, default=DistillSpec.tokens,
+                   help=f"distillation token budget (default {DistillSpec.tokens})")
     p.add_argument("--linear-tokens", type=int, default=16384, help="tokens for the linear fit (default 16384)")
     p.add_argument("--ridge", type=float, default=1e-3, help="linear fit ridge, relative to mean(diag X^T X)")
-    p.add_argument("--heal-lr", type=float, default=1e-3, help="peak learning rate (default 1e-3)")
-    p.add_argument("--heal-batch", type=int, default=4, help="windows per optimizer step (default 4)")
+    p.add_argument("--heal-lr", type=float, default=DistillSpec.lr,
+                   help=f"peak learning rate (default {DistillSpec.lr})")
+    p.add_argument("--heal-batch", type=int, default=DistillSpec.batch_windows,
+                   help=f"windows per optimizer step (default {DistillSpec.batch_windows})")
     p.add_argument("--temperature", type=float, default=1.0, help="distillation temperature (default 1)")
     p.add_argument("--lm-weight", type=float, default=0.0, help="weight of the next-token loss (default 0)")
     p.add_argument("--lora-rank", type=int, default=16, help="LoRA rank (default 16)")

@@ -11,6 +11,7 @@ from typing import Any
 import yaml
 
 from sleb.evaluate import PPL_SETS
+from sleb.healing.distill import DistillSpec
 from sleb.healing.run import HEAL_METHODS
 from sleb.loading import DTYPES
 from sleb.prune import METHODS
@@ -31,7 +32,8 @@ DEFAULT_SETTINGS: dict[str, Any] = {
              "zeroshot": list(ZEROSHOT_TASKS), "zeroshot_limit": None, "zeroshot_batch_size": 1},
     "speed": {"enabled": True, "prompt_len": 256, "decode_batch": 8, "new_tokens": 64, "repeats": 3, "warmup": 1},
     "heal": {"enabled": False, "method": "linear+distill", "source": "c4", "seqlen": 512, "linear_tokens": 16384,
-             "tokens": 65536, "lr": 1e-3, "lora_rank": 16, "dtype": "bf16", "seed": 0},
+             "tokens": DistillSpec.tokens, "lr": DistillSpec.lr, "lora_rank": DistillSpec.lora_rank, "dtype": "bf16",
+             "seed": 0},
 }
 
 
