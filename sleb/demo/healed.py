@@ -29,6 +29,7 @@ from ..blocks import num_layers
 from ..errors import SlebError
 from ..healing import HealSpec, cached_heal, cached_heal_dir
 from ..loading import load_model
+from ..prune import blocks_for_ratio
 from .engine import default_pruning
 from .models import LoadedModel, ModelStore, loaded_model
 from .online import hub_online
@@ -69,14 +70,10 @@ class HealedModel:
     entry: LoadedModel
 
 
-def _blocks(total: int, ratio: float) -> int:
-    return max(1, round(ratio * total))  # as the zoo counts a ratio's blocks (`sleb.prune.blocks_for_ratio`)
-
-
 def zoo_healed(store: ModelStore, entry: LoadedModel, method: str, k: int) -> list[ZooVariant]:
     """The zoo's healed variants of this model that remove `k` blocks by `method`."""
     return [v for v in store.zoo_variants(entry)
-            if v.healed and v.method == method and _blocks(entry.num_blocks, v.ratio) == k]
+            if v.healed and v.method == method and 0 < v.ratio < 1 and blocks_for_ratio(entry.num_blocks, v.ratio) == k]
 
 
 def _from_hub(store: ModelStore, variant: ZooVariant) -> Path | None:
