@@ -136,7 +136,10 @@ def _reference_calibration(tokenizer, spec: CalibrationSpec, docs, seqlen: int) 
 
 def _finish(windows: torch.Tensor, spec: CalibrationSpec, seqlen: int, source: str, documents: int,
             join: str) -> Calibration:
-    fingerprint = hashlib.sha256(windows.numpy().tobytes()).hexdigest()[:16]
+    # The shape is hashed too: the same consecutive tokens cut into other windows are other calibration data.
+    digest = hashlib.sha256(f"{tuple(windows.shape)}".encode())
+    digest.update(windows.numpy().tobytes())
+    fingerprint = digest.hexdigest()[:16]
     info = {
         **{k: v for k, v in asdict(spec).items() if k != "data_dir"},
         "seqlen": seqlen,

@@ -45,3 +45,19 @@ def test_random_windows_warn_when_the_text_is_too_short_not_to_overlap(tokenizer
     with caplog.at_level(logging.WARNING, logger="sleb.calibration"):
         build_calibration(tokenizer, CalibrationSpec(source=str(text), nsamples=2, seqlen=32))
     assert not any("overlap" in r.message for r in caplog.records)
+
+
+def test_same_tokens_in_other_windows_are_other_calibration_data(tokenizer, llama):  # noqa: F811
+    """A search cached for 16 windows of 64 tokens is not reused for the same tokens in 4 windows of 256."""
+    from sleb.baselines import oneshot_ppl
+    from sleb.prune import find_removal
+
+    short = build_calibration(tokenizer, CalibrationSpec(source="c4", tokens=1024, seqlen=64))
+    long = build_calibration(tokenizer, CalibrationSpec(source="c4", tokens=1024, seqlen=256))
+    assert torch.equal(short.windows.flatten(), long.windows.flatten())
+    assert short.info["fingerprint"] != long.info["fingerprint"]
+    short.windows, long.windows = short.windows % 128, long.windows % 128  # the tiny model's vocabulary
+    first = find_removal(llama, short, 2, "oneshot-ppl", progress=False)
+    second = find_removal(llama, long, 2, "oneshot-ppl", progress=False)
+    direct = oneshot_ppl(llama, long.windows, 2, progress=False)
+    assert second.rounds == direct.rounds and second.rounds != first.rounds
