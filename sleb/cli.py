@@ -140,9 +140,13 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _heal_args(p: argparse.ArgumentParser) -> None:
     from .healing import DistillSpec
+    from .healing.generated import GenerateSpec
 
     p.add_argument("--heal-data", default="c4", help="healing text: c4 (the sample's calibration rows 1100+), "
-                   "wikitext2 (train, Hub) or a .txt/.jsonl file (default c4)")
+                   "wikitext2 (train, Hub), a .txt/.jsonl file, generated (written by the dense model: a user "
+                   "message, then its answer) or one text source plus generated, e.g. c4+generated (default c4)")
+    p.add_argument("--generated-tokens", type=int, default=GenerateSpec.tokens,
+                   help=f"tokens the dense model writes for a '+generated' source (default {GenerateSpec.tokens})")
     p.add_argument("--heal-seqlen", type=int, default=512, help="tokens per healing window (default 512)")
     p.add_argument("--heal-tokens", type=int, default=DistillSpec.tokens,
                    help=f"distillation token budget (default {DistillSpec.tokens})")
@@ -164,13 +168,15 @@ def _heal_args(p: argparse.ArgumentParser) -> None:
 
 def _heal_spec(args, methods: str):
     from .healing import DistillSpec, HealSpec, parse_methods
+    from .healing.generated import GenerateSpec
 
     distill = DistillSpec(tokens=args.heal_tokens, batch_windows=args.heal_batch, lr=args.heal_lr,
                           temperature=args.temperature, lm_weight=args.lm_weight, lora_rank=args.lora_rank,
                           lora_alpha=2 * args.lora_rank, dtype=args.heal_dtype, seed=args.heal_seed,
                           train_blocks=_ints(args.train_blocks, "--train-blocks") if args.train_blocks else [])
     ppl = tuple(n for n in (getattr(args, "ppl", "") or "").split(",") if n)
-    return HealSpec(methods=parse_methods(methods), source=args.heal_data, seqlen=args.heal_seqlen,
+    generate = GenerateSpec(tokens=args.generated_tokens, seed=args.heal_seed)
+    return HealSpec(methods=parse_methods(methods), source=args.heal_data, generate=generate, seqlen=args.heal_seqlen,
                     linear_tokens=args.linear_tokens, ridge=args.ridge, distill=distill, data_dir=args.data_dir,
                     eval_ppl=ppl, eval_max_windows=getattr(args, "max_windows", None))
 

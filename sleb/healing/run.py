@@ -19,6 +19,7 @@ from ..removal import save_checkpoint
 from ..verify import Verifier
 from .data import heal_data
 from .distill import DistillSpec, distill, heldout_scores, teacher_logprobs
+from .generated import GenerateSpec
 from .linear import fit_linear
 from .match import check_match
 
@@ -30,7 +31,8 @@ HEAL_METHODS = ("linear", "distill", "linear+distill")
 @dataclass
 class HealSpec:
     methods: tuple[str, ...] = ("linear",)
-    source: str = "c4"  # healing text: c4 (calibration rows), wikitext2 (train) or a .txt/.jsonl file
+    source: str = "c4"  # healing text: c4 (calibration rows), wikitext2 (train), a .txt/.jsonl file, generated
+    generate: GenerateSpec = field(default_factory=GenerateSpec)  # for sources with "generated"
     seqlen: int = 512
     heldout: int = 4  # windows kept out of training, for before/after NLL and KL
     linear_tokens: int = 16384
@@ -71,7 +73,8 @@ def heal_model(dense, pruned, tokenizer, removed: list[int], spec: HealSpec, rec
         if m not in ("linear", "distill"):
             raise SlebError(f"Unknown healing step {m!r}; use linear, distill or linear+distill.")
     check_match(dense, pruned, removed)
-    data = heal_data(tokenizer, spec.source, spec.seqlen, spec.heldout, spec.data_dir)
+    data = heal_data(tokenizer, spec.source, spec.seqlen, spec.heldout, spec.data_dir, teacher=dense,
+                     generate=spec.generate, progress=progress)
     dtype = spec.distill.dtype if "distill" in spec.methods else "fp32"
     healing = {"methods": list(spec.methods), "data": data.info, "spec": {k: v for k, v in asdict(spec).items()
                                                                            if k not in ("distill", "data_dir")}}
