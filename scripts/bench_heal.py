@@ -97,8 +97,10 @@ def summary(results: dict) -> dict:
 def heal_variant(args, name: str, removed: list[int], folder: Path, results: dict) -> None:
     """Heal a fresh pruned copy with the variant's steps; time it, measure peak memory, save the checkpoint."""
     dense, tokenizer, _ = load_model(args.model, device="cpu", dtype="float32")
-    spec = HealSpec(methods=tuple(name.split("+")), seqlen=args.heal_seqlen, linear_tokens=args.linear_tokens,
+    spec = HealSpec(methods=tuple(name.split("+")), source=args.heal_source, seqlen=args.heal_seqlen,
+                    linear_tokens=args.linear_tokens,
                     distill=DistillSpec(tokens=args.distill_tokens, lr=args.lr, dtype=args.heal_dtype,
+                                        lm_weight=args.lm_weight,
                                         batch_windows=args.batch, lora_rank=args.lora_rank,
                                         lora_alpha=2 * args.lora_rank))
     pruned = remove_blocks(load_model(args.model, device="cpu", dtype="float32")[0], removed)
@@ -127,6 +129,8 @@ def main() -> None:
     p.add_argument("--lr", type=float, default=DistillSpec.lr)
     p.add_argument("--batch", type=int, default=DistillSpec.batch_windows, help="windows per optimizer step")
     p.add_argument("--lora-rank", type=int, default=DistillSpec.lora_rank)
+    p.add_argument("--heal-source", default=HealSpec.source, help="healing text: c4, wikitext2 or a .txt/.jsonl file")
+    p.add_argument("--lm-weight", type=float, default=DistillSpec.lm_weight, help="weight of the next-token loss")
     p.add_argument("--variants", default=",".join(VARIANTS))
     p.add_argument("--out", default="results/bench_heal.json")
     p.add_argument("--work", default=str(cache_dir() / "bench_heal"), help="folder for healed checkpoints")
@@ -144,9 +148,12 @@ def main() -> None:
         model=args.model, removed=removed, ppl_windows=args.ppl_windows, limit=args.limit,
         eval_dtype=args.eval_dtype, linear_tokens=args.linear_tokens, distill_tokens=args.distill_tokens,
         heal_seqlen=args.heal_seqlen, heal_dtype=args.heal_dtype, lr=args.lr, batch=args.batch,
-        lora_rank=args.lora_rank, threads=torch.get_num_threads(),
+        lora_rank=args.lora_rank, heal_source=args.heal_source, lm_weight=args.lm_weight,
+        threads=torch.get_num_threads(),
         cpu_count=os.cpu_count())
-    old = {k: v for k, v in results.get("settings", settings).items() if k not in ("limit", "threads")}
+    saved = {"heal_source": HealSpec.source, "lm_weight": DistillSpec.lm_weight,  # files from before these options
+             **results.get("settings", settings)}
+    old = {k: v for k, v in saved.items() if k not in ("limit", "threads")}
     if old != {k: v for k, v in settings.items() if k not in ("limit", "threads")}:  # zero-shot may be added later
         log.warning("%s holds results of other settings; starting it again.", out)
         results = {}

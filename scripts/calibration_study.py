@@ -196,7 +196,7 @@ class Study:
                 ev = read_json(self.out / "evals" / f"{removed_key(removed)}.json") or {}
                 rows.append({
                     "method": data["method"], "budget": data["budget"], "seqlen": data["seqlen"], "ratio": ratio,
-                    "blocks": k, "removed": removed, "search_seconds": data["seconds"],
+                    "blocks": k, "removed": removed, "search_seconds": search_seconds(data),
                     "wikitext2": _ppl(ev, "wikitext2"), "c4": _ppl(ev, "c4"),
                     "zeroshot": mean_acc(ev) if "zeroshot" in ev else None,
                 })
@@ -219,6 +219,14 @@ def _result(data: dict):
     return SearchResult.from_dict(data["result"])
 
 
+def search_seconds(data: dict) -> float:
+    """A search's time: SLEB's rounds summed (a resumed search's wall time covers only its last rounds)."""
+    rounds = data["result"].get("rounds") or []
+    if rounds and all("seconds" in r for r in rounds):
+        return round(sum(r["seconds"] for r in rounds), 1)
+    return data["seconds"]
+
+
 def _ppl(entry, name):
     return entry["ppl"][name]["perplexity"] if entry and "ppl" in entry else None
 
@@ -232,6 +240,16 @@ def _fmt(value, digits=2):
     return "-" if value is None else f"{value:.{digits}f}"
 
 
+def _best(row: dict, cell: list[dict], key: str, digits: int) -> str:
+    """The row's figure, in bold when it is the best of its calibration cell (lowest perplexity, highest accuracy)."""
+    value = row[key]
+    values = [x[key] for x in cell if x[key] is not None]
+    if value is None:
+        return _fmt(value, digits)
+    best = max(values) if key == "zeroshot" else min(values)
+    return f"**{_fmt(value, digits)}**" if len(values) > 1 and value == best else _fmt(value, digits)
+
+
 def markdown(dense: dict, rows: list[dict], args) -> str:
     lines = [
         "# Calibration study: SLEB vs one-shot criteria on SmolLM2-135M-Instruct", "",
@@ -240,6 +258,7 @@ def markdown(dense: dict, rows: list[dict], args) -> str:
         "(Hub rows joined with \"\\n\\n\") and of the C4 evaluation rows (0-1099); zero-shot: mean accuracy over "
         "PIQA, WinoGrande, HellaSwag, ARC-e, ARC-c, first 200 documents each (stock lm-eval; `-`: not yet "
         "measured). "
+        "Bold: the best figure of its calibration cell. "
         f"dtype {args.dtype}. Made by `python scripts/calibration_study.py` (see the script's docstring).", "",
         f"Dense: WikiText-2 {_fmt(dense['wikitext2'])}, C4 {_fmt(dense['c4'])}, "
         f"zero-shot {_fmt(dense['zeroshot'], 4)}.", "",
@@ -250,13 +269,10 @@ def markdown(dense: dict, rows: list[dict], args) -> str:
                   "| calibration | method | removed | WikiText-2 | C4 | zero-shot | search s |",
                   "|---|---|---|---|---|---|---|"]
         for r in sorted(sub, key=lambda r: (r["budget"], r["seqlen"], r["method"])):
-            best_wt = min(x["wikitext2"] for x in sub if x["budget"] == r["budget"] and x["seqlen"] == r["seqlen"]
-                          and x["wikitext2"] is not None) if r["wikitext2"] is not None else None
-            wt = _fmt(r["wikitext2"])
-            wt = f"**{wt}**" if r["wikitext2"] is not None and r["wikitext2"] == best_wt else wt
+            cell = [x for x in sub if x["budget"] == r["budget"] and x["seqlen"] == r["seqlen"]]
+            wt, c4, zs = (_best(r, cell, key, digits) for key, digits in (("wikitext2", 2), ("c4", 2), ("zeroshot", 4)))
             lines.append(f"| {r['budget']} tok x {r['seqlen']} | {r['method']} | {r['removed']} | "
-                         f"{wt} | {_fmt(r['c4'])} | "
-                         f"{_fmt(r['zeroshot'], 4)} | {_fmt(r['search_seconds'], 0)} |")
+                         f"{wt} | {c4} | {zs} | {_fmt(r['search_seconds'], 0)} |")
         lines.append("")
     return "\n".join(lines)
 

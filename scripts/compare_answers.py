@@ -1,6 +1,7 @@
 """Greedy chat answers of the dense, pruned and (optionally) healed models to the demo's example prompts.
 
     python scripts/compare_answers.py --blocks 5,14,15,16,17,18 --healed ~/.cache/sleb/bench_heal/linear-distill
+    python scripts/compare_answers.py --blocks 5,14,15,16,17,18 --healed DIR_A --healed DIR_B --prompt "Hi!"
 
 The pruned model is the dense one with `--blocks` physically removed; `--healed` is any
 healed checkpoint folder (e.g. one written by `scripts/bench_heal.py` or `sleb heal`).
@@ -21,14 +22,17 @@ from sleb.loading import load_model  # noqa: E402
 from sleb.removal import remove_blocks  # noqa: E402
 
 log = logging.getLogger("compare_answers")
-PROMPTS = ("What is the capital of France?", "Explain in two sentences why the sky is blue.")
+PROMPTS = ("What is the capital of France?", "Explain in two sentences why the sky is blue.",
+           "How many legs does a spider have?", "Give me three tips for sleeping better.")
 
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--model", default="default")
     p.add_argument("--blocks", required=True, help="removed blocks (original indices), e.g. 5,14,15,16,17,18")
-    p.add_argument("--healed", help="a healed checkpoint folder of the same removal")
+    p.add_argument("--healed", action="append", default=[],
+                   help="a healed checkpoint folder of the same removal (repeat to compare several)")
+    p.add_argument("--prompt", action="append", help="a prompt (repeat; default: the demo's and two more)")
     p.add_argument("--new-tokens", type=int, default=48)
     p.add_argument("--threads", type=int)
     args = p.parse_args()
@@ -38,9 +42,10 @@ def main() -> None:
     dense, tokenizer, _ = load_model(args.model, device="cpu", dtype="float32")
     models = {"dense": dense,
               "pruned": remove_blocks(copy.deepcopy(dense), [int(b) for b in args.blocks.split(",")])}
-    if args.healed:
-        models["healed"] = load_model(args.healed, device="cpu", dtype="float32")[0]
-    for prompt in PROMPTS:
+    for folder in args.healed:
+        name = "healed" if len(args.healed) == 1 else f"healed:{folder}"
+        models[name] = load_model(folder, device="cpu", dtype="float32")[0]
+    for prompt in args.prompt or PROMPTS:
         ids = tokenizer.apply_chat_template([{"role": "user", "content": prompt}], add_generation_prompt=True,
                                             return_tensors="pt", return_dict=True)["input_ids"]
         for name, model in models.items():
