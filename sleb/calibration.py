@@ -46,6 +46,20 @@ class CalibrationSpec:
         return "tokens" if self.tokens else "windows"
 
 
+# On a CPU, unless told otherwise: the calibration study's choice for SmolLM2 (README, "Calibration study").
+CPU_TOKENS = 2048
+CPU_SEQLEN = 128
+
+
+def device_default(device: str, source: str = "c4", seed: int = 0, data_dir: str | None = None) -> CalibrationSpec:
+    """The default calibration for `device`: the paper's 128 random windows of 2048 tokens on a
+    GPU; on a CPU, where that search takes a day, `CPU_TOKENS` consecutive tokens in windows of
+    `CPU_SEQLEN` (the calibration study's budget)."""
+    if str(device).startswith("cpu"):
+        return CalibrationSpec(source=source, seed=seed, tokens=CPU_TOKENS, seqlen=CPU_SEQLEN, data_dir=data_dir)
+    return CalibrationSpec(source=source, seed=seed, data_dir=data_dir)
+
+
 @dataclass
 class Calibration:
     windows: torch.Tensor  # [n, seqlen], int64

@@ -41,8 +41,9 @@ def _search_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--calib", default="c4",
                    help="calibration text: c4 (local sample if present, else the Hub), wikitext2 (Hub), or a "
                         ".txt/.jsonl file")
-    p.add_argument("--nsamples", type=int, default=128, help="random calibration windows (paper: 128)")
-    p.add_argument("--seqlen", type=int, default=2048, help="tokens per window (paper: 2048)")
+    p.add_argument("--nsamples", type=int, help="random calibration windows (paper and GPU default: 128; on a CPU "
+                   "the default is a budget of 2,048 tokens in windows of 128, see the README's calibration study)")
+    p.add_argument("--seqlen", type=int, help="tokens per window (paper and GPU default: 2048)")
     p.add_argument("--calib-tokens", type=int, help="token budget: consecutive windows instead of random ones")
     p.add_argument("--calib-rows", type=int,
                    help="the reference code's protocol: this many rows shuffled with --seed, joined, cut into "
@@ -212,8 +213,19 @@ def _speed_args(p: argparse.ArgumentParser) -> None:
 
 
 def _spec(args) -> CalibrationSpec:
-    return CalibrationSpec(source=args.calib, nsamples=args.nsamples, seqlen=args.seqlen, seed=args.seed,
-                           tokens=args.calib_tokens, rows=args.calib_rows, data_dir=args.data_dir)
+    """The calibration asked for; with no size option, the device's default (`calibration.device_default`)."""
+    from .calibration import device_default
+    from .loading import pick_device
+
+    if all(getattr(args, k) is None for k in ("nsamples", "seqlen", "calib_tokens", "calib_rows")):
+        device = pick_device(args.device)
+        spec = device_default(device, args.calib, args.seed, args.data_dir)
+        if spec.tokens:
+            log.info("Calibration on %s: %d tokens in windows of %d (the calibration study's CPU budget; pass "
+                     "--nsamples 128 --seqlen 2048 for the paper's)", device, spec.tokens, spec.seqlen)
+        return spec
+    return CalibrationSpec(source=args.calib, nsamples=args.nsamples or 128, seqlen=args.seqlen or 2048,
+                           seed=args.seed, tokens=args.calib_tokens, rows=args.calib_rows, data_dir=args.data_dir)
 
 
 def _ints(text: str, what: str) -> list[int]:

@@ -184,3 +184,18 @@ def test_hub_only_data_offline_says_where_local_data_goes(tmp_path):
         calibration_documents("c4", data_root=tmp_path)  # no local copy there: falls through to the Hub
     with pytest.raises(SlebError, match="Unknown calibration source"):
         calibration_documents("not-a-dataset")
+
+
+def test_cpu_search_without_size_options_uses_the_study_budget(tiny_model_dir, tmp_path, tokenizer):
+    from sleb.calibration import CPU_SEQLEN, CPU_TOKENS
+
+    out = tmp_path / "order.json"
+    assert main(["search", str(tiny_model_dir), "--method", "angular", "--num-remove", "2", "--device", "cpu",
+                 "--json", str(out), "-q"]) == 0
+    used = json.loads(out.read_text())["search"]["settings"]["calibration"]
+    expected = build_calibration(tokenizer, CalibrationSpec(tokens=CPU_TOKENS, seqlen=CPU_SEQLEN))
+    assert used["fingerprint"] == expected.info["fingerprint"] and used["protocol"] == "tokens"
+    assert main(["search", str(tiny_model_dir), "--method", "angular", "--num-remove", "2", "--device", "cpu",
+                 "--seqlen", "64", "--json", str(out), "-q"]) == 0  # one size option: the paper's for the rest
+    used = json.loads(out.read_text())["search"]["settings"]["calibration"]
+    assert (used["protocol"], used["nsamples"], used["seqlen"]) == ("windows", 128, 64)

@@ -3,7 +3,7 @@
     python zoo/publish.py                     # everything in zoo/manifest.yaml, pushed to the Hub
     python zoo/publish.py --only smollm2-135m-instruct-sleb-20 --dry-run --out build/zoo
     python zoo/publish.py --only smollm2-135m-instruct-sleb-10 --dry-run --out /tmp/zoo \\
-        --set calibration.nsamples=8 --set calibration.seqlen=128 --set eval.max_windows=4 \\
+        --set calibration.tokens=2048 --set calibration.seqlen=128 --set eval.max_windows=4 \\
         --set eval.zeroshot_limit=50          # a small evaluation budget (the card says so)
 
 For each base: load it once, search once for all its ratios (cached), evaluate the dense model

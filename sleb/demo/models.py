@@ -19,13 +19,13 @@ import time
 from collections import OrderedDict
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import torch
 
 from ..blocks import BlockLayout, BlockSwitch, find_blocks
-from ..calibration import Calibration, CalibrationSpec, build_calibration
+from ..calibration import Calibration, CalibrationSpec, build_calibration, device_default
 from ..errors import SlebError
 from ..healing import HealSpec
 from ..loading import DEFAULT_BASE_ID, DEFAULT_MODEL, DEFAULT_PACKAGE, ModelSource, load_model, resolve
@@ -69,7 +69,7 @@ class DemoConfig:
     """Budgets and limits of the demo; `from_env` reads the `SLEB_APP_*` variables."""
 
     default_model: str = DEFAULT_MODEL
-    calibration: CalibrationSpec = field(default_factory=lambda: CalibrationSpec(nsamples=8, seqlen=128))
+    calibration: CalibrationSpec = field(default_factory=lambda: device_default("cpu"))  # searches on demand
     max_ratio: float = 0.5
     max_prompt_tokens: int = 1024
     max_new_tokens: int = 256
@@ -91,8 +91,12 @@ class DemoConfig:
         env = os.environ
         default = env.get("SLEB_APP_MODEL") or (DEFAULT_MODEL if embedded_default_available() else DEFAULT_BASE_ID)
         source = env.get("SLEB_APP_CALIB") or ("c4" if local_calibration_available() else "wikitext2")
-        spec = CalibrationSpec(source=source, nsamples=int(env.get("SLEB_APP_NSAMPLES", 8)),
-                               seqlen=int(env.get("SLEB_APP_SEQLEN", 128)))
+        spec = device_default("cpu", source)  # the calibration study's CPU budget, unless set
+        if env.get("SLEB_APP_NSAMPLES"):
+            spec = replace(spec, tokens=None, nsamples=int(env["SLEB_APP_NSAMPLES"]))
+        elif env.get("SLEB_APP_CALIB_TOKENS"):
+            spec = replace(spec, tokens=int(env["SLEB_APP_CALIB_TOKENS"]))
+        spec = replace(spec, seqlen=int(env.get("SLEB_APP_SEQLEN", spec.seqlen)))
         return cls(default_model=default, calibration=spec,
                    max_params=int(float(env.get("SLEB_APP_MAX_PARAMS", 2e9))),
                    concurrency=int(env.get("SLEB_APP_CONCURRENCY", 16)),
@@ -105,6 +109,8 @@ class DemoConfig:
         spec = self.calibration
         where = {"c4": "C4 (the local sample's calibration rows, else the Hub)",
                  "wikitext2": "WikiText-2 train"}.get(spec.source, spec.source)
+        if spec.tokens:
+            return f"{spec.tokens:,} consecutive tokens (windows of {spec.seqlen}) of {where}"
         return f"{spec.nsamples} windows x {spec.seqlen} tokens of {where}, seed {spec.seed}"
 
 
