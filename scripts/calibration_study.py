@@ -290,20 +290,26 @@ def plot(dense: dict, rows: list[dict], path: Path) -> None:
     for col, ratio in enumerate(ratios):
         for row, (key, label, log_scale) in enumerate(metrics):
             ax = axes[row][col]
-            for method in METHODS:
-                for seqlen, style in zip(sorted({r["seqlen"] for r in rows}), ("-", "--", ":"), strict=False):
+            for method, color in zip(METHODS, ("C0", "C1", "C2", "C3"), strict=True):  # one colour per method
+                for seqlen, (style, marker) in zip(sorted({r["seqlen"] for r in rows}),
+                                                   (("-", "o"), ("--", "s"), (":", "^")), strict=False):
                     pts = sorted((r["budget"], r[key]) for r in rows if r["ratio"] == ratio and r["method"] == method
                                  and r["seqlen"] == seqlen and r[key] is not None)
                     if pts:
-                        ax.plot(*zip(*pts, strict=True), style, marker="o", label=f"{method} ({seqlen})")
+                        ax.plot(*zip(*pts, strict=True), style, color=color, marker=marker,
+                                label=f"{method}, windows of {seqlen}")
             if dense.get(key) is not None:
                 ax.axhline(dense[key], color="k", lw=0.8, label="dense")
             ax.set_xscale("log", base=2)
             if log_scale:
                 ax.set_yscale("log")
             ax.set(title=f"{ratio:.0%} removed", xlabel="calibration tokens", ylabel=label)
-    axes[0][-1].legend(fontsize=7)
-    fig.tight_layout()
+    labels = {}
+    for ax in axes.flat:  # one legend for the figure, below it, from every panel's lines
+        for handle, label in zip(*ax.get_legend_handles_labels(), strict=True):
+            labels.setdefault(label, handle)
+    fig.tight_layout(rect=(0, 0.07, 1, 1))
+    fig.legend(labels.values(), labels.keys(), loc="lower center", ncol=min(5, len(labels)), fontsize=8)
     fig.savefig(path, dpi=100)
     plt.close(fig)
 
