@@ -151,7 +151,7 @@ def main() -> None:
         lora_rank=args.lora_rank, heal_source=args.heal_source, lm_weight=args.lm_weight,
         threads=torch.get_num_threads(),
         cpu_count=os.cpu_count())
-    saved = {"heal_source": HealSpec.source, "lm_weight": DistillSpec.lm_weight,  # files from before these options
+    saved = {"heal_source": "c4", "lm_weight": 0.0,  # what files from before these options were made with
              **results.get("settings", settings)}
     old = {k: v for k, v in saved.items() if k not in ("limit", "threads")}
     if old != {k: v for k, v in settings.items() if k not in ("limit", "threads")}:  # zero-shot may be added later

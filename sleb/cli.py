@@ -158,7 +158,8 @@ def _heal_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--heal-batch", type=int, default=DistillSpec.batch_windows,
                    help=f"windows per optimizer step (default {DistillSpec.batch_windows})")
     p.add_argument("--temperature", type=float, default=1.0, help="distillation temperature (default 1)")
-    p.add_argument("--lm-weight", type=float, default=0.0, help="weight of the next-token loss (default 0)")
+    p.add_argument("--lm-weight", type=float, default=DistillSpec.lm_weight,
+                   help=f"weight of the next-token loss beside the KL (default {DistillSpec.lm_weight})")
     p.add_argument("--lora-rank", type=int, default=16, help="LoRA rank (default 16)")
     p.add_argument("--train-blocks", help="train these pruned blocks in full instead of LoRA, e.g. 4,11,12")
     p.add_argument("--heal-dtype", default="bf16", choices=("bf16", "fp32"), help="training compute dtype")

@@ -106,8 +106,9 @@ def kl_to(teacher, student, x):
     return float(F.kl_div(F.log_softmax(s, -1), F.log_softmax(t, -1), log_target=True, reduction="batchmean"))
 
 
+# KL only: the windows below are random tokens, whose next-token loss would only add noise.
 SPEC = DistillSpec(tokens=24 * 4 * 6, batch_windows=4, micro_batch=2, lr=3e-3, lora_rank=4, lora_alpha=8,
-                   dtype="fp32", seed=3, save_every=2)
+                   dtype="fp32", seed=3, save_every=2, lm_weight=0.0)
 
 
 @pytest.mark.parametrize("family", ["llama", "gpt_neox"])
@@ -247,3 +248,17 @@ def test_cli_prune_with_heal_saves_the_healed_checkpoint(tiny_model_dir, tmp_pat
     assert record["healing"]["methods"] == ["linear"] and record["healing"]["dense_model"] == str(tiny_model_dir)
     model = AutoModelForCausalLM.from_pretrained(out)
     assert model.config.num_hidden_layers == 4
+
+
+def test_distill_loss_adds_the_next_token_loss_at_its_weight():
+    from sleb.healing.distill import distill_loss
+
+    gen = torch.Generator().manual_seed(3)
+    student, teacher = torch.randn(2, 7, 11, generator=gen), torch.randn(2, 7, 11, generator=gen)
+    x = torch.randint(0, 11, (2, 7), generator=gen)
+    log_s, log_t = student.log_softmax(-1), teacher.log_softmax(-1)
+    kl = (log_t.exp() * (log_t - log_s)).sum(-1).mean()
+    nll = -log_s[:, :-1].gather(-1, x[:, 1:, None]).mean()  # next-token loss: position t predicts token t+1
+    torch.testing.assert_close(distill_loss(student, teacher, x, 1.0, 0.0), kl)
+    torch.testing.assert_close(distill_loss(student, teacher, x, 1.0, 0.5), kl + 0.5 * nll)
+    torch.testing.assert_close(distill_loss(student, student, x, 1.0, 2.0), 2.0 * nll)

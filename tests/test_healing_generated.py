@@ -45,7 +45,8 @@ def test_chat_text_is_a_user_message_then_the_teachers_own_answer(teacher):
     model, tok = teacher
     tok.chat_template = CHAT
     assert user_prefix(tok) == "<s>user: "
-    spec = GenerateSpec(tokens=60, batch=2, prompt_tokens=6, answer_tokens=8, temperature=1e-4, top_p=1.0)
+    spec = GenerateSpec(tokens=60, batch=2, prompt_tokens=6, answer_tokens=8, temperature=1e-4, top_p=1.0,
+                        dtype="fp32")
     texts = generate_texts(model, tok, spec, progress=False)
     assert sum(len(tok(t, add_special_tokens=False).input_ids) for t in texts) >= 60
     for text in texts:

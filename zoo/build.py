@@ -375,7 +375,8 @@ def heal_variant(dense, pruned, tokenizer, order: list[int], settings: dict, vke
         return healed.eval(), json.loads((folder / "sleb.json").read_text())["healing"]
     spec = HealSpec(methods=parse_methods(heal["method"]), source=heal["source"], seqlen=heal["seqlen"],
                     linear_tokens=heal["linear_tokens"],
-                    distill=DistillSpec(tokens=heal["tokens"], lr=heal["lr"], lora_rank=heal["lora_rank"],
+                    distill=DistillSpec(tokens=heal["tokens"], lr=heal["lr"], lm_weight=heal["lm_weight"],
+                                        lora_rank=heal["lora_rank"],
                                         lora_alpha=2 * heal["lora_rank"], dtype=heal["dtype"], seed=heal["seed"]))
     healed, record = heal_model(dense, pruned, tokenizer, order, spec, progress=progress)
     save_checkpoint(healed, None, folder, {"healing": record}, overwrite=True)

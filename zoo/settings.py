@@ -32,7 +32,8 @@ DEFAULT_SETTINGS: dict[str, Any] = {
              "zeroshot": list(ZEROSHOT_TASKS), "zeroshot_limit": None, "zeroshot_batch_size": 1},
     "speed": {"enabled": True, "prompt_len": 256, "decode_batch": 8, "new_tokens": 64, "repeats": 3, "warmup": 1},
     "heal": {"enabled": False, "method": "linear+distill", "source": "c4", "seqlen": 512, "linear_tokens": 16384,
-             "tokens": DistillSpec.tokens, "lr": DistillSpec.lr, "lora_rank": DistillSpec.lora_rank, "dtype": "bf16",
+             "tokens": DistillSpec.tokens, "lr": DistillSpec.lr, "lm_weight": DistillSpec.lm_weight,
+             "lora_rank": DistillSpec.lora_rank, "dtype": "bf16",
              "seed": 0},
 }
 
@@ -90,6 +91,12 @@ def _positive(value):
     return float(value)
 
 
+def _nonnegative(value):
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0:
+        raise _Bad(f"expected a number >= 0, got {value!r}")
+    return float(value)
+
+
 def _device(value):
     if not isinstance(value, str) or not re.fullmatch(r"auto|cpu|cuda(:\d+)?", value):
         raise _Bad(f"expected auto, cpu, cuda or cuda:N; got {value!r}")
@@ -138,6 +145,7 @@ LEAVES = {
     "heal.linear_tokens": _int(8),
     "heal.tokens": _int(8),
     "heal.lr": _positive,
+    "heal.lm_weight": _nonnegative,
     "heal.lora_rank": _int(1),
     "heal.dtype": _choice(("bf16", "fp32")),
     "heal.seed": _int(0),

@@ -38,6 +38,7 @@ class GenerateSpec:
     temperature: float = 0.8
     top_p: float = 0.95
     seed: int = 0
+    dtype: str = "bf16"  # sampling compute dtype (autocast): bf16 or fp32
 
 
 def user_prefix(tokenizer) -> str | None:
@@ -51,9 +52,13 @@ def user_prefix(tokenizer) -> str | None:
 def _sample(teacher, tokenizer, prompts: list[str], max_new: int, spec: GenerateSpec) -> list[str]:
     enc = tokenizer(prompts, return_tensors="pt", padding=True, add_special_tokens=False)
     device = model_device(teacher)
-    out = teacher.generate(input_ids=enc.input_ids.to(device), attention_mask=enc.attention_mask.to(device),
-                           do_sample=True, temperature=spec.temperature, top_p=spec.top_p, max_new_tokens=max_new,
-                           pad_token_id=tokenizer.pad_token_id)
+    if spec.dtype not in ("bf16", "fp32"):
+        raise SlebError(f"Unknown sampling dtype {spec.dtype!r}; use bf16 or fp32.")
+    with torch.autocast(device.type, dtype=torch.bfloat16, enabled=spec.dtype == "bf16"):
+        out = teacher.generate(input_ids=enc.input_ids.to(device),
+                               attention_mask=enc.attention_mask.to(device),
+                               do_sample=True, temperature=spec.temperature, top_p=spec.top_p,
+                               max_new_tokens=max_new, pad_token_id=tokenizer.pad_token_id)
     return [tokenizer.decode(row[enc.input_ids.shape[1]:], skip_special_tokens=True).strip() for row in out]
 
 
