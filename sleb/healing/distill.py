@@ -51,7 +51,7 @@ class DistillSpec:
     save_every: int = 10
 
 
-def compute_autocast(device: torch.device, dtype: str):
+def _autocast(device: torch.device, dtype: str):
     if dtype in ("bf16", "bfloat16"):
         return torch.autocast(device.type, dtype=torch.bfloat16)
     if dtype in ("fp32", "float32"):
@@ -78,7 +78,7 @@ def teacher_logprobs(teacher, windows: torch.Tensor, dtype: str = "fp32") -> tup
     device = model_device(teacher)
     out, nll = [], 0.0
     for batch in windows.split(1):
-        with compute_autocast(device, dtype):
+        with _autocast(device, dtype):
             logits = teacher(input_ids=batch.to(device), use_cache=False).logits
         logprobs = F.log_softmax(logits.float(), -1).cpu()
         nll -= float(logprobs[:, :-1].gather(-1, batch[:, 1:, None]).sum())
@@ -97,7 +97,7 @@ def heldout_scores(student, teacher, windows: torch.Tensor, dtype: str = "fp32",
     nll = kl = 0.0
     for batch, ref in zip(windows.split(1), reference, strict=True):
         batch = batch.to(device)
-        with compute_autocast(device, dtype):
+        with _autocast(device, dtype):
             s = F.log_softmax(student(input_ids=batch, use_cache=False).logits.float(), -1).cpu()
         nll -= float(s[:, :-1].gather(-1, batch[:, 1:, None].cpu()).sum())
         kl += float(F.kl_div(s, ref.float(), log_target=True, reduction="sum"))
@@ -202,7 +202,7 @@ def distill(student, teacher, windows: torch.Tensor, spec: DistillSpec, state_pa
         total = 0.0
         for micro in batch.split(spec.micro_batch):
             micro = micro.to(device)
-            with compute_autocast(device, spec.dtype):
+            with _autocast(device, spec.dtype):
                 with torch.no_grad():
                     t_logits = teacher(input_ids=micro.to(model_device(teacher)), use_cache=False).logits
                 s_logits = model(input_ids=micro, use_cache=False).logits
