@@ -42,7 +42,7 @@ class DistillSpec:
     lr: float = 2e-3
     warmup: float = 0.1  # share of steps
     temperature: float = 1.0
-    lm_weight: float = 0.5  # next-token loss beside the KL: more of the perplexity gap back (README, "Healing")
+    lm_weight: float = 1.0  # next-token loss beside the KL: more of the perplexity gap back (README, "Healing")
     lora_rank: int = 16
     lora_alpha: int = 32
     train_blocks: list[int] = field(default_factory=list)  # pruned indices trained in full instead of LoRA
