@@ -225,8 +225,9 @@ def _spec(args) -> CalibrationSpec:
             log.info("Calibration on %s: %d tokens in windows of %d (the calibration study's CPU budget; pass "
                      "--nsamples 128 --seqlen 2048 for the paper's)", device, spec.tokens, spec.seqlen)
         return spec
-    return CalibrationSpec(source=args.calib, nsamples=args.nsamples or 128, seqlen=args.seqlen or 2048,
-                           seed=args.seed, tokens=args.calib_tokens, rows=args.calib_rows, data_dir=args.data_dir)
+    given = {"nsamples": args.nsamples, "seqlen": args.seqlen, "tokens": args.calib_tokens, "rows": args.calib_rows}
+    return CalibrationSpec(source=args.calib, seed=args.seed, data_dir=args.data_dir,  # the paper's for the rest
+                           **{k: v for k, v in given.items() if v is not None})
 
 
 def _ints(text: str, what: str) -> list[int]:

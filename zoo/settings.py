@@ -85,16 +85,13 @@ def _names(known):
     return check
 
 
-def _positive(value):
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or value <= 0:
-        raise _Bad(f"expected a number > 0, got {value!r}")
-    return float(value)
-
-
-def _nonnegative(value):
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0:
-        raise _Bad(f"expected a number >= 0, got {value!r}")
-    return float(value)
+def _number(low: float, inclusive: bool):
+    def check(value):
+        if (isinstance(value, bool) or not isinstance(value, (int, float))
+                or (value < low if inclusive else value <= low)):
+            raise _Bad(f"expected a number {'>=' if inclusive else '>'} {low:g}, got {value!r}")
+        return float(value)
+    return check
 
 
 def _device(value):
@@ -144,8 +141,8 @@ LEAVES = {
     "heal.seqlen": _int(8),
     "heal.linear_tokens": _int(8),
     "heal.tokens": _int(8),
-    "heal.lr": _positive,
-    "heal.lm_weight": _nonnegative,
+    "heal.lr": _number(0, inclusive=False),
+    "heal.lm_weight": _number(0, inclusive=True),
     "heal.lora_rank": _int(1),
     "heal.dtype": _choice(("bf16", "fp32")),
     "heal.seed": _int(0),

@@ -20,6 +20,7 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
+from ..data import read_text_file
 from ..errors import SlebError
 from ..fingerprint import weights_fingerprint
 from ..loading import cache_dir, model_device
@@ -52,8 +53,6 @@ def user_prefix(tokenizer) -> str | None:
 def _sample(teacher, tokenizer, prompts: list[str], max_new: int, spec: GenerateSpec) -> list[str]:
     enc = tokenizer(prompts, return_tensors="pt", padding=True, add_special_tokens=False)
     device = model_device(teacher)
-    if spec.dtype not in ("bf16", "fp32"):
-        raise SlebError(f"Unknown sampling dtype {spec.dtype!r}; use bf16 or fp32.")
     with torch.autocast(device.type, dtype=torch.bfloat16, enabled=spec.dtype == "bf16"):
         out = teacher.generate(input_ids=enc.input_ids.to(device),
                                attention_mask=enc.attention_mask.to(device),
@@ -68,6 +67,8 @@ def generate_texts(teacher, tokenizer, spec: GenerateSpec, progress: bool = True
     if spec.tokens <= 0 or spec.batch <= 0:
         raise SlebError(f"Generated healing text needs a positive token budget and batch, got {spec.tokens} and "
                         f"{spec.batch}.")
+    if spec.dtype not in ("bf16", "fp32"):
+        raise SlebError(f"Unknown sampling dtype {spec.dtype!r}; use bf16 or fp32.")
     side, pad = tokenizer.padding_side, tokenizer.pad_token
     tokenizer.padding_side = "left"
     if tokenizer.pad_token is None:
@@ -112,11 +113,12 @@ def generate_texts(teacher, tokenizer, spec: GenerateSpec, progress: bool = True
 
 def cached_generated_texts(teacher, tokenizer, spec: GenerateSpec, progress: bool = True) -> tuple[list[str], dict]:
     """`generate_texts`, kept in the sleb cache by teacher fingerprint and settings; returns `(texts, info)`."""
-    key = hashlib.sha256(json.dumps([weights_fingerprint(teacher), asdict(spec), user_prefix(tokenizer)],
+    prefix = user_prefix(tokenizer)
+    key = hashlib.sha256(json.dumps([weights_fingerprint(teacher), asdict(spec), prefix],
                                     sort_keys=True).encode()).hexdigest()[:20]
     path = Path(os.environ.get("SLEB_STATE_DIR") or cache_dir() / "state") / "healing-text" / f"generated-{key}.jsonl"
     if path.is_file():
-        texts = [json.loads(line)["text"] for line in path.read_text(encoding="utf-8").splitlines() if line]
+        texts = read_text_file(path).texts
         log.info("Generated healing text from the cache (%s)", path)
     else:
         texts = generate_texts(teacher, tokenizer, spec, progress)
@@ -124,6 +126,6 @@ def cached_generated_texts(teacher, tokenizer, spec: GenerateSpec, progress: boo
         tmp = path.with_suffix(".tmp")
         tmp.write_text("".join(json.dumps({"text": t}) + "\n" for t in texts), encoding="utf-8")
         os.replace(tmp, path)
-    info = {"generated": {**asdict(spec), "texts": len(texts), "chat": user_prefix(tokenizer) is not None,
+    info = {"generated": {**asdict(spec), "texts": len(texts), "chat": prefix is not None,
                           "cache": path.name}}
     return texts, info
