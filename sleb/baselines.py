@@ -70,6 +70,20 @@ def _ascending(scores: dict[int, float]) -> list[int]:
     return sorted(scores, key=lambda b: (scores[b], b))
 
 
+def _lowest_scores(method: str, scores: dict[int, float], num_remove: int, scorer: _Scorer, early_barrier: int,
+                   latter_barrier: int, score: str) -> SearchResult:
+    """A one-shot criterion's result: the `num_remove` blocks of lowest score, all scored in one round."""
+    order = _ascending(scores)[:num_remove]
+    log.info("%s removes %s", method, order)
+    return SearchResult(
+        method=method,
+        num_blocks=scorer.total,
+        order=order,
+        rounds=[{"scores": {str(b): s for b, s in scores.items()}}],
+        settings=_settings(early_barrier, latter_barrier, scorer, score),
+    )
+
+
 def block_influence(model, windows: torch.Tensor, num_remove: int, early_barrier: int = 1, latter_barrier: int = 1,
                     batch_size: int | None = None, seed: int = 0, progress: bool = True) -> SearchResult:
     """ShortGPT: BI = 1 - cos(block input, block output) per token, averaged over all tokens; drop the lowest."""
@@ -85,16 +99,8 @@ def block_influence(model, windows: torch.Tensor, num_remove: int, early_barrier
     _dense_pass(scorer, record, progress, "block influence")
     bi = (sums / counts).tolist()
     scores = {b: bi[b] for b in allowed}
-    order = _ascending(scores)[:num_remove]
-    log.info("Block influence removes %s", order)
-    return SearchResult(
-        method="block-influence",
-        num_blocks=scorer.total,
-        order=order,
-        rounds=[{"scores": {str(b): s for b, s in scores.items()}}],
-        settings=_settings(early_barrier, latter_barrier, scorer,
-                           "block influence: 1 - cosine(input, output), mean over all calibration tokens"),
-    )
+    return _lowest_scores("block-influence", scores, num_remove, scorer, early_barrier, latter_barrier,
+                          "block influence: 1 - cosine(input, output), mean over all calibration tokens")
 
 
 def angular_distance(model, windows: torch.Tensor, num_remove: int, early_barrier: int = 1, latter_barrier: int = 1,
@@ -157,16 +163,8 @@ def oneshot_ppl(model, windows: torch.Tensor, num_remove: int, early_barrier: in
                     bar.update(1)
     finally:
         model.train(was_training)
-    order = _ascending(scores)[:num_remove]
-    log.info("One-shot PPL removes %s", order)
-    return SearchResult(
-        method="oneshot-ppl",
-        num_blocks=scorer.total,
-        order=order,
-        rounds=[{"scores": {str(b): s for b, s in scores.items()}}],
-        settings=_settings(early_barrier, latter_barrier, scorer,
-                           "total NLL (nats) over the calibration tokens with the block alone bypassed"),
-    )
+    return _lowest_scores("oneshot-ppl", scores, num_remove, scorer, early_barrier, latter_barrier,
+                          "total NLL (nats) over the calibration tokens with the block alone bypassed")
 
 
 def last_blocks(model, windows: torch.Tensor, num_remove: int, early_barrier: int = 1, latter_barrier: int = 1,
