@@ -140,30 +140,39 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _heal_args(p: argparse.ArgumentParser) -> None:
-    from .healing import DistillSpec
+    from .healing import DistillSpec, HealSpec
     from .healing.generated import GenerateSpec
 
-    p.add_argument("--heal-data", default="c4", help="healing text: c4 (the sample's calibration rows 1100+), "
-                   "wikitext2 (train, Hub), a .txt/.jsonl file, generated (written by the dense model: a user "
-                   "message, then its answer) or one text source plus generated, e.g. c4+generated (default c4)")
+    p.add_argument("--heal-data", default=HealSpec.source,
+                   help="healing text: c4 (the sample's calibration rows 1100+), wikitext2 (train, Hub), "
+                   "a .txt/.jsonl file, generated (written by the dense model: a user message, then its answer) or "
+                   "one text source plus generated, e.g. c4+generated "
+                   f"(default {HealSpec.source})")
     p.add_argument("--generated-tokens", type=int, default=GenerateSpec.tokens,
                    help=f"tokens the dense model writes for a '+generated' source (default {GenerateSpec.tokens})")
-    p.add_argument("--heal-seqlen", type=int, default=512, help="tokens per healing window (default 512)")
+    p.add_argument("--heal-seqlen", type=int, default=HealSpec.seqlen,
+                   help=f"tokens per healing window (default {HealSpec.seqlen})")
     p.add_argument("--heal-tokens", type=int, default=DistillSpec.tokens,
                    help=f"distillation token budget (default {DistillSpec.tokens})")
-    p.add_argument("--linear-tokens", type=int, default=16384, help="tokens for the linear fit (default 16384)")
-    p.add_argument("--ridge", type=float, default=1e-3, help="linear fit ridge, relative to mean(diag X^T X)")
+    p.add_argument("--linear-tokens", type=int, default=HealSpec.linear_tokens,
+                   help=f"tokens for the linear fit (default {HealSpec.linear_tokens})")
+    p.add_argument("--ridge", type=float, default=HealSpec.ridge,
+                   help=f"linear fit ridge, relative to mean(diag X^T X) (default {HealSpec.ridge:g})")
     p.add_argument("--heal-lr", type=float, default=DistillSpec.lr,
                    help=f"peak learning rate (default {DistillSpec.lr})")
     p.add_argument("--heal-batch", type=int, default=DistillSpec.batch_windows,
                    help=f"windows per optimizer step (default {DistillSpec.batch_windows})")
-    p.add_argument("--temperature", type=float, default=1.0, help="distillation temperature (default 1)")
+    p.add_argument("--temperature", type=float, default=DistillSpec.temperature,
+                   help=f"distillation temperature (default {DistillSpec.temperature:g})")
     p.add_argument("--lm-weight", type=float, default=DistillSpec.lm_weight,
                    help=f"weight of the next-token loss beside the KL (default {DistillSpec.lm_weight})")
-    p.add_argument("--lora-rank", type=int, default=16, help="LoRA rank (default 16)")
+    p.add_argument("--lora-rank", type=int, default=DistillSpec.lora_rank,
+                   help=f"LoRA rank (default {DistillSpec.lora_rank})")
     p.add_argument("--train-blocks", help="train these pruned blocks in full instead of LoRA, e.g. 4,11,12")
-    p.add_argument("--heal-dtype", default="bf16", choices=("bf16", "fp32"), help="training compute dtype")
-    p.add_argument("--heal-seed", type=int, default=0, help="seed of the LoRA init and the data order")
+    p.add_argument("--heal-dtype", default=DistillSpec.dtype, choices=("bf16", "fp32"),
+                   help=f"training compute dtype (default {DistillSpec.dtype})")
+    p.add_argument("--heal-seed", type=int, default=DistillSpec.seed,
+                   help=f"seed of the LoRA init and the data order (default {DistillSpec.seed})")
     if not any(a.dest == "data_dir" for a in p._actions):
         p.add_argument("--data-dir", help="local data folder (default: $SLEB_DATA_DIR or ../shared/data)")
 
