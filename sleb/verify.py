@@ -34,7 +34,7 @@ PROBE_TOKENS = 16
 TOLERANCE = {torch.float64: 1e-6, torch.float32: 1e-4}
 HALF = (torch.bfloat16, torch.float16)
 # A half-precision reload may differ from the model in memory by this many times the measured rounding of the
-# same model in that dtype (README, "Verification"). On SmolLM2-135M saved in bf16 a correct reload differs by
+# same model in that dtype. On SmolLM2-135M saved in bf16 a correct reload differs by
 # exactly the measured weight rounding (0.150), one o_proj scaled by 1.3 by 0.97 to 16.8 (scripts/bench_verify.py).
 ROUNDING_FACTOR = 2.0
 UNMEASURED = {torch.float16: 2e-2, torch.bfloat16: 5e-2}  # relative tolerance where the rounding cannot be measured

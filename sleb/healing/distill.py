@@ -2,11 +2,12 @@
 
 Loss per token: T^2 * KL(teacher_T || student_T) on logits softened by temperature T,
 plus `lm_weight` times the usual next-token loss. The student trains through LoRA
-(`peft`, every Linear inside the blocks, merged into the weights at the end) or, with
-`train_blocks`, those blocks in full. AdamW, linear warmup then cosine decay; bf16 runs
+(`peft`, every projection inside the blocks, GPT-2's Conv1D included, merged into the
+weights at the end) or, with `train_blocks`, those blocks in full. AdamW, linear warmup then cosine decay; bf16 runs
 under CPU/GPU autocast with fp32 weights. A state file is written atomically every
 `save_every` steps and a run with the same settings resumes from it; the data order and
-the LoRA initialisation come from `seed`, so a resumed run equals an uninterrupted one.
+the LoRA initialisation come from `seed`, dropout is off (the student trains in eval
+mode) and the state keeps the random generators, so a resumed run equals an uninterrupted one.
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ from ..blocks import find_blocks
 from ..errors import SlebError
 from ..loading import model_device
 from .data import budget_windows
+from .linear import Conv1D, projections
 
 log = logging.getLogger(__name__)
 
@@ -105,10 +107,31 @@ def heldout_scores(student, teacher, windows: torch.Tensor, dtype: str = "fp32",
     return {"nll": nll / predicted, "kl": kl / windows.numel()}
 
 
-def _lora_targets(model) -> list[str]:
-    layout = find_blocks(model)
-    return [name for name, m in model.named_modules()
-            if isinstance(m, torch.nn.Linear) and name.startswith(layout.path + ".")]
+def _lora_config(model, spec: DistillSpec):
+    """LoRA on every projection inside the blocks: `nn.Linear`, and GPT-2's `Conv1D` (fan_in_fan_out)."""
+    from peft import LoraConfig
+
+    inside = {id(p) for block in find_blocks(model).blocks for p in projections(block)}
+    targets = [name for name, m in model.named_modules() if id(m) in inside]
+    # peft sets fan_in_fan_out per module type as it wraps each one; start from the first target's kind.
+    first = model.get_submodule(targets[0]) if targets else None
+    return LoraConfig(r=spec.lora_rank, lora_alpha=spec.lora_alpha, lora_dropout=0.0, target_modules=targets,
+                      bias="none", fan_in_fan_out=isinstance(first, Conv1D))
+
+
+def _devices(*models) -> list[torch.device]:
+    return sorted({p.device for m in models for p in m.parameters() if p.device.type == "cuda"}, key=str)
+
+
+def rng_state(*models) -> dict:
+    """The generators a training step may draw from: torch on the CPU and on every GPU the models use."""
+    return {"cpu": torch.get_rng_state(), "cuda": {str(d): torch.cuda.get_rng_state(d) for d in _devices(*models)}}
+
+
+def set_rng_state(state: dict) -> None:
+    torch.set_rng_state(state["cpu"])
+    for device, value in state["cuda"].items():
+        torch.cuda.set_rng_state(value, torch.device(device))
 
 
 def _schedule(step: int, total: int, warmup: int) -> float:
@@ -143,7 +166,7 @@ def distill(student, teacher, windows: torch.Tensor, spec: DistillSpec, state_pa
     `stop_after` ends this run after that many steps, leaving the state file for a resume
     (as an interruption would); the report then has `"finished": False`.
     """
-    from peft import LoraConfig, get_peft_model
+    from peft import get_peft_model
 
     if spec.batch_windows % spec.micro_batch:
         raise SlebError(f"batch_windows ({spec.batch_windows}) must be a multiple of micro_batch ({spec.micro_batch}).")
@@ -170,9 +193,7 @@ def distill(student, teacher, windows: torch.Tensor, spec: DistillSpec, state_pa
                 p.requires_grad_(True)
         model = student
     else:
-        config = LoraConfig(r=spec.lora_rank, lora_alpha=spec.lora_alpha, lora_dropout=0.0,
-                            target_modules=_lora_targets(student), bias="none")
-        model = get_peft_model(student, config)
+        model = get_peft_model(student, _lora_config(student, spec))
     trainable = {n: p for n, p in model.named_parameters() if p.requires_grad}
     optimizer = torch.optim.AdamW(trainable.values(), lr=spec.lr, weight_decay=0.0)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: _schedule(s, steps, warmup))
@@ -188,11 +209,15 @@ def distill(student, teacher, windows: torch.Tensor, spec: DistillSpec, state_pa
             optimizer.load_state_dict(state["optimizer"])
             scheduler.load_state_dict(state["scheduler"])
             step, seconds, losses = state["step"], state["seconds"], state["losses"]
+            if "rng" in state:
+                set_rng_state(state["rng"])
             log.info("Resuming distillation at step %d of %d from %s", step, steps, path)
         else:
             log.warning("Ignoring distillation state %s: it belongs to other settings or data.", path)
 
-    model.train()
+    # Dropout stays off (eval mode), as in the teacher and in use: the student learns the function it will
+    # compute, and a step's gradient depends only on its windows (the generators are saved all the same).
+    model.eval()
     bar = tqdm(total=steps, initial=step, desc="distill", disable=not progress)
     ran = 0
     while step < steps and (stop_after is None or ran < stop_after):
@@ -220,6 +245,7 @@ def distill(student, teacher, windows: torch.Tensor, spec: DistillSpec, state_pa
         bar.set_postfix(loss=f"{total:.4f}")
         if path is not None and (step % spec.save_every == 0 or step == steps or ran == stop_after):
             _atomic_save({"key": key, "step": step, "seconds": seconds, "losses": losses,
+                          "rng": rng_state(model, teacher),
                           "trainable": {n: p.detach().clone() for n, p in trainable.items()},
                           "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict()}, path)
     bar.close()

@@ -1,12 +1,15 @@
 """Training-free healing: one least-squares linear map per cut, folded into the block before it.
 
-For a run of removed blocks a..b, the kept block p = a-1 ends with a Linear that writes
-straight into the residual stream (the MLP's down projection, found by probing, never
-by name). Its output M and the rest of the block's output Y (= output - M) are recorded
-in the pruned model; the dense model gives the hidden state H after block b. The map T
-minimises ||M T - (H - Y)||^2 + lam ||T - I||^2 (ridge towards "no change"), with X^T X
-accumulated in float64 over micro-batches, and is folded as W <- T^T W, b <- b T. Cuts
-are processed in order, so each fit sees the corrections before it.
+For a run of removed blocks a..b, the kept block p = a-1 ends with a projection (Linear,
+or GPT-2's Conv1D) that writes straight into the residual stream and feeds nothing else
+in the block (the MLP's down projection, found by probing, never by name). Its output M
+and the rest of the block's output Y (= output - M) are recorded in the pruned model;
+the dense model gives the hidden state H after block b. The map T minimises
+||M T - (H - Y)||^2 + lam ||T - I||^2 (ridge towards "no change"), with X^T X
+accumulated in float64 over micro-batches, and is folded as W <- T^T W (Conv1D: W T),
+b <- b T. Cuts are processed in order, so each fit sees the corrections before it.
+Where a block has no such writer (Gemma's post-norms, a routed MoE MLP), `fold_problem`
+says so before any work.
 """
 
 from __future__ import annotations
@@ -17,6 +20,7 @@ import time
 import torch
 from torch import nn
 from tqdm.auto import tqdm
+from transformers.pytorch_utils import Conv1D
 
 from ..blocks import find_blocks
 from ..errors import SlebError
@@ -31,6 +35,26 @@ class _Stop(Exception):
 
 def _hidden(output):
     return output[0] if isinstance(output, tuple) else output
+
+
+def projections(module: nn.Module) -> list[nn.Module]:
+    """The linear projections inside `module`: `nn.Linear` and GPT-2's `Conv1D` (weight stored transposed)."""
+    return [m for m in module.modules() if isinstance(m, (nn.Linear, Conv1D))]
+
+
+def out_width(linear: nn.Module) -> int:
+    return linear.nf if isinstance(linear, Conv1D) else linear.out_features
+
+
+@torch.no_grad()
+def fold(linear: nn.Module, t: torch.Tensor) -> None:
+    """Make `linear` output `y T` instead of `y`: W <- T^T W (Linear) or W T (Conv1D), b <- b T."""
+    weight = linear.weight
+    w = weight.double().cpu()
+    new = w @ t if isinstance(linear, Conv1D) else t.T @ w
+    weight.copy_(new.to(weight.device, weight.dtype))
+    if linear.bias is not None:
+        linear.bias.copy_((linear.bias.double().cpu() @ t).to(linear.bias.device, linear.bias.dtype))
 
 
 def cuts(removed: list[int]) -> list[tuple[int, int]]:
@@ -66,44 +90,90 @@ def _run_to(model, ids: torch.Tensor, block: nn.Module, pre=None, post=None) -> 
             h.remove()
 
 
-@torch.no_grad()
-def residual_writer(model, block_index: int, ids: torch.Tensor) -> nn.Linear:
-    """The last Linear (in execution order) of a block whose output is added unchanged to the block's output.
+def _probe_ids(model, ids: torch.Tensor | None) -> torch.Tensor:
+    if ids is not None:
+        return ids[:1, :16]
+    vocab = model.get_input_embeddings().weight.shape[0]
+    return torch.randint(0, vocab, (1, 16), generator=torch.Generator().manual_seed(0))
 
-    Found by probing: each candidate's output gets a random offset, and a writer is one
-    whose offset reappears exactly in the block output.
+
+def passthrough_tolerance(dtype: torch.dtype) -> float:
+    """Largest relative error of an offset that reaches the block output unchanged, by compute dtype.
+
+    Only rounding separates the offset from its echo (a few units in the last place);
+    a writer whose output also feeds a later module inside the block (an MLP after the
+    attention's projection, a norm after the MLP) adds that module's response on top.
+    """
+    return min(2e-2, 64 * torch.finfo(dtype).eps)
+
+
+@torch.no_grad()
+def probe_writers(model, block_index: int, ids: torch.Tensor | None = None) -> list[tuple[nn.Module, float]]:
+    """Each projection of a block that writes the hidden width, with the relative error of its offset's echo.
+
+    Each candidate's output gets a random offset; the error is how far the block's output
+    moved from exactly that offset (0 for a projection added unchanged to the residual stream).
     """
     block = find_blocks(model).blocks[block_index]
     captured = {}
-    _run_to(model, ids[:1, :16], block, pre=lambda a, k: captured.update(args=a, kwargs=k))
+    _run_to(model, _probe_ids(model, ids), block, pre=lambda a, k: captured.update(args=a, kwargs=k))
     args, kwargs = captured["args"], captured["kwargs"]
     hidden = (args[0] if args else kwargs["hidden_states"])
     size = hidden.shape[-1]
-    order: list[nn.Linear] = []
+    order: list[nn.Module] = []
     hooks = [m.register_forward_hook(lambda m, a, o: order.append(m))
-             for m in block.modules() if isinstance(m, nn.Linear) and m.out_features == size]
+             for m in projections(block) if out_width(m) == size]
     try:
         base = _hidden(block(*args, **kwargs)).float()
     finally:
         for h in hooks:
             h.remove()
-    writers = []
+    found = []
     gen = torch.Generator().manual_seed(0)
     for linear in dict.fromkeys(order):
-        delta = torch.randn(size, generator=gen).to(hidden.device, torch.float32) * (base.abs().mean() + 1)
-        handle = linear.register_forward_hook(lambda m, a, o, d=delta: o + d.to(o.dtype))
+        delta = torch.randn(size, generator=gen).to(base.device, torch.float32) * (base.abs().mean() + 1)
+        handle = linear.register_forward_hook(lambda m, a, o, d=delta: o + d.to(o.device, o.dtype))
         try:
             moved = _hidden(block(*args, **kwargs)).float() - base
         finally:
             handle.remove()
-        if float((moved - delta).norm() / (delta.norm() * moved[..., 0].numel() ** 0.5)) < 2e-2:
-            writers.append(linear)
+        found.append((linear, float((moved - delta).norm() / (delta.norm() * moved[..., 0].numel() ** 0.5))))
+    return found
+
+
+def residual_writer(model, block_index: int, ids: torch.Tensor | None = None) -> nn.Module:
+    """The last projection (in execution order) of a block whose output is added unchanged to the block's output.
+
+    Raises SlebError when there is none (a norm after the MLP, an offset that also feeds the MLP, a routed MLP).
+    """
+    block = find_blocks(model).blocks[block_index]
+    tol = passthrough_tolerance(next(block.parameters()).dtype)
+    probed = probe_writers(model, block_index, ids)
+    writers = [m for m, error in probed if error < tol]
     if not writers:
+        seen = ", ".join(f"{n} {e:.2g}" for n, m in block.named_modules() for w, e in probed if m is w)
         raise SlebError(
-            f"Block {block_index} ({type(block).__name__}) has no Linear whose output is added unchanged to the "
-            "residual stream (e.g. a norm after the MLP); the linear fold cannot be applied to this architecture."
+            f"Block {block_index} ({type(block).__name__}) has no linear projection whose output is added unchanged "
+            f"to the residual stream (relative error of the echo: {seen or 'no candidates'}; tolerance {tol:.2g}), "
+            "e.g. a norm after the MLP; the linear fold cannot be applied to this architecture."
         )
     return writers[-1]
+
+
+def fold_problem(pruned, removed: list[int]) -> str | None:
+    """Why the fold cannot apply to `pruned` (blocks `removed`, original indices, deleted), or None.
+
+    Probes the block before each cut on a few fixed tokens: no data, no dense model needed.
+    """
+    total = len(find_blocks(pruned).blocks) + len(removed)
+    kept = [i for i in range(total) if i not in set(removed)]
+    for first, _ in cuts(removed):
+        if first > 0:
+            try:
+                residual_writer(pruned, kept.index(first - 1))
+            except SlebError as exc:
+                return str(exc)
+    return None
 
 
 @torch.no_grad()
@@ -135,7 +205,7 @@ def _fit_cut(dense, pruned, kept, first, last, windows, ridge, batch_size, progr
     target_block = find_blocks(dense).blocks[last]
     writer = residual_writer(pruned, p, windows)
     name = next(n for n, m in block.named_modules() if m is writer)
-    d = writer.out_features
+    d = out_width(writer)
     xtx = torch.zeros(d, d, dtype=torch.float64)
     xtr = torch.zeros(d, d, dtype=torch.float64)
     rtr = 0.0
@@ -160,10 +230,7 @@ def _fit_cut(dense, pruned, kept, first, last, windows, ridge, batch_size, progr
         return float((tt.T @ xtx @ tt).trace() - 2 * (tt.T @ xtr).trace() + rtr)
 
     before, after = err(eye), err(t)
-    weight = writer.weight
-    weight.copy_((t.T @ weight.double().cpu()).to(weight.device, weight.dtype))
-    if writer.bias is not None:
-        writer.bias.copy_((writer.bias.double().cpu() @ t).to(writer.bias.device, writer.bias.dtype))
+    fold(writer, t)
     log.info("Cut %d-%d folded into block %d (%s): squared error at the cut %.4g -> %.4g (%.1f%% less)",
              first, last, first - 1, name, before, after, 100 * (1 - after / before) if before else 0.0)
     return {"cut": [first, last], "block": first - 1, "module": name, "error_before": before, "error_after": after,

@@ -20,7 +20,7 @@ from ..verify import Verifier
 from .data import heal_data
 from .distill import DistillSpec, distill, heldout_scores, teacher_logprobs
 from .generated import GenerateSpec
-from .linear import fit_linear
+from .linear import fit_linear, fold_problem
 from .match import check_match
 
 log = logging.getLogger(__name__)
@@ -73,24 +73,27 @@ def heal_model(dense, pruned, tokenizer, removed: list[int], spec: HealSpec, rec
         if m not in ("linear", "distill"):
             raise SlebError(f"Unknown healing step {m!r}; use linear, distill or linear+distill.")
     check_match(dense, pruned, removed)
+    methods, skipped = _applicable(spec.methods, pruned, removed)
     data = heal_data(tokenizer, spec.source, spec.seqlen, spec.heldout, spec.data_dir, teacher=dense,
                      generate=spec.generate, progress=progress)
-    dtype = spec.distill.dtype if "distill" in spec.methods else "fp32"
-    healing = {"methods": list(spec.methods), "data": data.info, "spec": {k: v for k, v in asdict(spec).items()
-                                                                           if k not in ("distill", "data_dir")}}
+    dtype = spec.distill.dtype if "distill" in methods else "fp32"
+    healing = {"methods": list(methods), "data": data.info, "spec": {k: v for k, v in asdict(spec).items()
+                                                                      if k not in ("distill", "data_dir")}}
+    if skipped:
+        healing["linear_skipped"] = skipped
     reference, healing["heldout_dense_nll"] = teacher_logprobs(dense, data.heldout, dtype)
     healing["heldout_before"] = heldout_scores(pruned, dense, data.heldout, dtype, reference)
     if spec.eval_ppl:
         healing["eval_before"] = _evaluate(pruned, tokenizer, spec, progress)
-    if "linear" in spec.methods:
+    if "linear" in methods:
         count = min(data.train.shape[0], max(1, spec.linear_tokens // spec.seqlen))
         if count * spec.seqlen < spec.linear_tokens:
             log.warning("Linear healing asked for %d tokens; the pool holds %d.", spec.linear_tokens,
                         count * spec.seqlen)
         healing["linear"] = fit_linear(dense, pruned, removed, data.train[:count], spec.ridge, progress=progress)
-        if "distill" in spec.methods:
+        if "distill" in methods:
             healing["heldout_after_linear"] = heldout_scores(pruned, dense, data.heldout, dtype, reference)
-    if "distill" in spec.methods:
+    if "distill" in methods:
         state = _state_path(record or {"removal_order": removed}, spec, data.info)
         pruned, report = distill(pruned, dense, data.train, spec.distill, state, key=str(state), progress=progress,
                                  stop_after=stop_after)
@@ -104,10 +107,21 @@ def heal_model(dense, pruned, tokenizer, removed: list[int], spec: HealSpec, rec
         healing["eval_after"] = _evaluate(pruned, tokenizer, spec, progress)
     healing["seconds"] = round(time.perf_counter() - start, 3)
     healing["peak_rss_mb"] = _peak_rss_mb()
-    log.info("Healed (%s) in %.1f s: held-out NLL %.4f -> %.4f (dense %.4f)", "+".join(spec.methods),
+    log.info("Healed (%s) in %.1f s: held-out NLL %.4f -> %.4f (dense %.4f)", "+".join(methods),
              healing["seconds"], healing["heldout_before"]["nll"], healing["heldout_after"]["nll"],
              healing["heldout_dense_nll"])
     return pruned, healing
+
+
+def _applicable(methods: tuple[str, ...], pruned, removed: list[int]) -> tuple[tuple[str, ...], str | None]:
+    """The healing steps that apply to `pruned`, decided before any work, and why the fold was dropped."""
+    problem = fold_problem(pruned, removed) if "linear" in methods else None
+    if problem is None:
+        return methods, None
+    if "distill" not in methods:
+        raise SlebError(f"{problem} Heal it with --method distill instead.")
+    log.warning("The linear fold does not apply to this model, so healing is distillation alone. %s", problem)
+    return ("distill",), problem
 
 
 def _evaluate(model, tokenizer, spec: HealSpec, progress: bool) -> dict:
