@@ -64,10 +64,12 @@ def _state_path(models: list[str], removed: list[int], spec: HealSpec, data_info
 
 
 def heal_model(dense, pruned, tokenizer, removed: list[int], spec: HealSpec, progress: bool = True,
-               stop_after: int | None = None):
+               stop_after: int | None = None, *, dense_name: str = "the dense model",
+               saved_dtype: torch.dtype | None = None):
     """Heal `pruned` in memory against `dense`; returns `(healed model, healing record)`.
 
-    `dense` is the reference (teacher); it is checked against `pruned` first. The
+    `dense` is the reference (teacher); it is checked against `pruned` first (at
+    `saved_dtype`, the precision `pruned` was saved in, if lower than it is held). The
     returned model is `pruned` itself (linear) or its merged copy (distill). An
     interrupted distillation resumes from a state keyed by both models' weights; the
     state is deleted once the healing completes.
@@ -76,7 +78,10 @@ def heal_model(dense, pruned, tokenizer, removed: list[int], spec: HealSpec, pro
     for m in spec.methods:
         if m not in ("linear", "distill"):
             raise SlebError(f"Unknown healing step {m!r}; use linear, distill or linear+distill.")
-    check_match(dense, pruned, removed)
+    try:
+        check_match(dense, pruned, removed, dense_name, saved_dtype)
+    except SlebError as exc:
+        raise SlebError(f"Refusing to heal: {exc}") from exc
     models = [weights_fingerprint(dense), weights_fingerprint(pruned)]  # before the fold changes `pruned`
     data = heal_data(tokenizer, spec.source, spec.seqlen, spec.heldout, spec.data_dir, teacher=dense,
                      generate=spec.generate, progress=progress)
@@ -135,6 +140,16 @@ def read_record(folder: str | os.PathLike) -> dict | None:
         raise SlebError(f"{path} is not valid JSON ({exc}); restore it or pass --dense and --blocks.") from exc
 
 
+def checkpoint_dtype(folder: str | os.PathLike) -> torch.dtype | None:
+    """The dtype a checkpoint folder's weights were saved in, from its `config.json` (None if it says none)."""
+    try:
+        config = json.loads((Path(folder) / "config.json").read_text())
+    except (OSError, json.JSONDecodeError):
+        return None
+    value = getattr(torch, str(config.get("dtype") or config.get("torch_dtype")), None)
+    return value if isinstance(value, torch.dtype) else None
+
+
 def heal(pruned_dir: str | os.PathLike, out: str | os.PathLike, spec: HealSpec | None = None,
          dense: str | None = None, removed: list[int] | None = None, device: str | None = "auto",
          overwrite: bool = False, progress: bool = True, stop_after: int | None = None,
@@ -161,18 +176,15 @@ def heal(pruned_dir: str | os.PathLike, out: str | os.PathLike, spec: HealSpec |
         raise SlebError(f"{pruned_dir}'s sleb.json has no removal_order; pass --blocks with the removed blocks.")
     pruned_model, tokenizer, _ = load_model(str(pruned_dir), device=device, dtype="float32")
     dense_model, _, _ = load_model(dense_name, device=device, dtype="float32")
-    try:
-        check_match(dense_model, pruned_model, removed, dense_name)
-    except SlebError as exc:
-        raise SlebError(f"Refusing to heal: {exc}") from exc
-    healed, healing = heal_model(dense_model, pruned_model, tokenizer, removed, spec, progress, stop_after)
+    healed, healing = heal_model(dense_model, pruned_model, tokenizer, removed, spec, progress, stop_after,
+                                 dense_name=dense_name, saved_dtype=checkpoint_dtype(pruned_dir))
     healing["dense_model"] = dense_name
     new_record = dict(record or {"format": "sleb/1", "base_model": dense_name, "model_argument": dense_name,
                                  "removal_order": list(removed), "removed": sorted(removed)})
     new_record["healing"] = healing
-    saved_dtype = (record or {}).get("dtype")
+    save_as = (record or {}).get("dtype")
     verifier = Verifier(healed, [], reference="the healed model in memory") if verify else None
     save_checkpoint(healed, tokenizer, out, new_record, overwrite=overwrite,
-                    dtype=getattr(torch, saved_dtype) if saved_dtype in ("bfloat16", "float16") else None,
+                    dtype=getattr(torch, save_as) if save_as in ("bfloat16", "float16") else None,
                     verifier=verifier)
     return Path(out)
