@@ -13,6 +13,7 @@ from pathlib import Path
 
 import torch
 
+from ..devices import offloaded_modules
 from ..errors import SlebError
 from ..fingerprint import weights_fingerprint
 from ..loading import cache_dir, load_model
@@ -63,6 +64,17 @@ def _state_path(models: list[str], removed: list[int], spec: HealSpec, data_info
     return base / f"distill-{key[:20]}.pt"
 
 
+def require_in_memory(model, name: str) -> None:
+    """Refuse a model with offloaded weights: healing reads them all, trains them and writes into them."""
+    offloaded = offloaded_modules(model)
+    if offloaded:
+        raise SlebError(
+            f"Healing reads, trains and rewrites every weight, but {len(offloaded)} modules of {name} are offloaded "
+            f"(weights on 'meta', loaded by accelerate at each call, e.g. {offloaded[0]}), as device_map does when "
+            "the GPU is too small. Load both models whole: pass --device cpu (slower, same result), or use GPUs "
+            "with room for the dense and the pruned model.")
+
+
 def heal_model(dense, pruned, tokenizer, removed: list[int], spec: HealSpec, progress: bool = True,
                stop_after: int | None = None, *, dense_name: str = "the dense model",
                saved_dtype: torch.dtype | None = None):
@@ -78,6 +90,8 @@ def heal_model(dense, pruned, tokenizer, removed: list[int], spec: HealSpec, pro
     for m in spec.methods:
         if m not in ("linear", "distill"):
             raise SlebError(f"Unknown healing step {m!r}; use linear, distill or linear+distill.")
+    for model, name in ((dense, dense_name), (pruned, "the pruned model")):
+        require_in_memory(model, name)
     try:
         check_match(dense, pruned, removed, dense_name, saved_dtype)
     except SlebError as exc:
