@@ -44,6 +44,12 @@ def module_device(module: nn.Module) -> torch.device:
     return torch.device("cpu")
 
 
+def offloaded_modules(model: nn.Module) -> list[str]:
+    """Modules whose weights accelerate keeps off the model (on `meta`, loaded by a hook at each call)."""
+    return [name for name, module in model.named_modules()
+            if any(p.is_meta for p in module.parameters(recurse=False))]
+
+
 def input_device(model: nn.Module) -> torch.device:
     """The device of the input embeddings: where token ids must go."""
     return module_device(model.get_input_embeddings())

@@ -159,7 +159,7 @@ def _heal(model, device, dtype, pruned, tokenizer, order, spec, record, progress
     from .healing import heal_model
 
     dense, _, _ = load_model(model, device=device, dtype=dtype)
-    healed, healing = heal_model(dense, copy.deepcopy(pruned), tokenizer, order, spec, record, progress)
+    healed, healing = heal_model(dense, copy.deepcopy(pruned), tokenizer, order, spec, progress=progress)
     healing["dense_model"] = record["model_argument"]
     return healed, healing
 

@@ -18,11 +18,13 @@ import logging
 import time
 
 import torch
+from accelerate.utils import send_to_device
 from torch import nn
 from tqdm.auto import tqdm
 from transformers.pytorch_utils import Conv1D
 
 from ..blocks import find_blocks
+from ..devices import module_device
 from ..errors import SlebError
 from ..loading import model_device
 
@@ -70,10 +72,18 @@ def cuts(removed: list[int]) -> list[tuple[int, int]]:
 
 @torch.no_grad()
 def _run_to(model, ids: torch.Tensor, block: nn.Module, pre=None, post=None) -> None:
-    """Forward `ids` until `block` has run, calling `pre(args, kwargs)` / `post(output)` on it."""
+    """Forward `ids` until `block` has run, calling `pre(args, kwargs)` / `post(output)` on it.
+
+    `pre` gets the inputs on the block's device: this hook runs before accelerate's, which
+    would move them there only afterwards (at a device boundary they still sit on the last one).
+    """
     handles = []
     if pre is not None:
-        handles.append(block.register_forward_pre_hook(lambda m, a, k: pre(a, k), with_kwargs=True))
+        def capture(module, args, kwargs):
+            device = module_device(module)
+            pre(send_to_device(args, device), send_to_device(kwargs, device))
+
+        handles.append(block.register_forward_pre_hook(capture, with_kwargs=True))
 
     def stop(_m, _a, output):
         if post is not None:

@@ -13,7 +13,9 @@ from pathlib import Path
 
 import torch
 
+from ..devices import offloaded_modules
 from ..errors import SlebError
+from ..fingerprint import weights_fingerprint
 from ..loading import cache_dir, load_model
 from ..removal import save_checkpoint
 from ..verify import Verifier
@@ -54,25 +56,47 @@ def _peak_rss_mb() -> float:
     return round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
 
 
-def _state_path(record: dict, spec: HealSpec, data_info: dict) -> Path:
+def _state_path(models: list[str], removed: list[int], spec: HealSpec, data_info: dict) -> Path:
+    """The resumable distillation state of these two models' weights, blocks, settings and data."""
     base = Path(os.environ.get("SLEB_STATE_DIR") or cache_dir() / "state") / "heals"
-    key = hashlib.sha256(json.dumps([record.get("base_model"), record.get("removal_order"), asdict(spec),
-                                     data_info["fingerprint"]], sort_keys=True, default=str).encode()).hexdigest()
+    key = hashlib.sha256(json.dumps([models, sorted(removed), asdict(spec), data_info["fingerprint"]],
+                                    sort_keys=True, default=str).encode()).hexdigest()
     return base / f"distill-{key[:20]}.pt"
 
 
-def heal_model(dense, pruned, tokenizer, removed: list[int], spec: HealSpec, record: dict | None = None,
-               progress: bool = True, stop_after: int | None = None):
+def require_in_memory(model, name: str) -> None:
+    """Refuse a model with offloaded weights: healing reads them all, trains them and writes into them."""
+    offloaded = offloaded_modules(model)
+    if offloaded:
+        raise SlebError(
+            f"Healing reads, trains and rewrites every weight, but {len(offloaded)} modules of {name} are offloaded "
+            f"(weights on 'meta', loaded by accelerate at each call, e.g. {offloaded[0]}), as device_map does when "
+            "the GPU is too small. Load both models whole: pass --device cpu (slower, same result), or use GPUs "
+            "with room for the dense and the pruned model.")
+
+
+def heal_model(dense, pruned, tokenizer, removed: list[int], spec: HealSpec, progress: bool = True,
+               stop_after: int | None = None, *, dense_name: str = "the dense model",
+               saved_dtype: torch.dtype | None = None):
     """Heal `pruned` in memory against `dense`; returns `(healed model, healing record)`.
 
-    `dense` is the reference (teacher); it is checked against `pruned` first. The
-    returned model is `pruned` itself (linear) or its merged copy (distill).
+    `dense` is the reference (teacher); it is checked against `pruned` first (at
+    `saved_dtype`, the precision `pruned` was saved in, if lower than it is held). The
+    returned model is `pruned` itself (linear) or its merged copy (distill). An
+    interrupted distillation resumes from a state keyed by both models' weights; the
+    state is deleted once the healing completes.
     """
     start = time.perf_counter()
     for m in spec.methods:
         if m not in ("linear", "distill"):
             raise SlebError(f"Unknown healing step {m!r}; use linear, distill or linear+distill.")
-    check_match(dense, pruned, removed)
+    for model, name in ((dense, dense_name), (pruned, "the pruned model")):
+        require_in_memory(model, name)
+    try:
+        check_match(dense, pruned, removed, dense_name, saved_dtype)
+    except SlebError as exc:
+        raise SlebError(f"Refusing to heal: {exc}") from exc
+    models = [weights_fingerprint(dense), weights_fingerprint(pruned)]  # before the fold changes `pruned`
     methods, skipped = _applicable(spec.methods, pruned, removed)
     data = heal_data(tokenizer, spec.source, spec.seqlen, spec.heldout, spec.data_dir, teacher=dense,
                      generate=spec.generate, progress=progress)
@@ -94,17 +118,18 @@ def heal_model(dense, pruned, tokenizer, removed: list[int], spec: HealSpec, rec
         if "distill" in methods:
             healing["heldout_after_linear"] = heldout_scores(pruned, dense, data.heldout, dtype, reference)
     if "distill" in methods:
-        state = _state_path(record or {"removal_order": removed}, spec, data.info)
+        state = _state_path(models, removed, spec, data.info)
         pruned, report = distill(pruned, dense, data.train, spec.distill, state, key=str(state), progress=progress,
                                  stop_after=stop_after)
         healing["distill"] = report
         if not report["finished"]:
             raise SlebError(f"Distillation stopped at step {report['steps_done']} of {report['steps']}; run the "
                             f"same command again to resume from {state}.")
-        healing["state_file"] = str(state)
     healing["heldout_after"] = heldout_scores(pruned, dense, data.heldout, dtype, reference)
     if spec.eval_ppl:
         healing["eval_after"] = _evaluate(pruned, tokenizer, spec, progress)
+    if "distill" in methods:
+        state.unlink(missing_ok=True)  # done: nothing may resume from it
     healing["seconds"] = round(time.perf_counter() - start, 3)
     healing["peak_rss_mb"] = _peak_rss_mb()
     log.info("Healed (%s) in %.1f s: held-out NLL %.4f -> %.4f (dense %.4f)", "+".join(methods),
@@ -143,6 +168,16 @@ def read_record(folder: str | os.PathLike) -> dict | None:
         raise SlebError(f"{path} is not valid JSON ({exc}); restore it or pass --dense and --blocks.") from exc
 
 
+def checkpoint_dtype(folder: str | os.PathLike) -> torch.dtype | None:
+    """The dtype a checkpoint folder's weights were saved in, from its `config.json` (None if it says none)."""
+    try:
+        config = json.loads((Path(folder) / "config.json").read_text())
+    except (OSError, json.JSONDecodeError):
+        return None
+    value = getattr(torch, str(config.get("dtype") or config.get("torch_dtype")), None)
+    return value if isinstance(value, torch.dtype) else None
+
+
 def heal(pruned_dir: str | os.PathLike, out: str | os.PathLike, spec: HealSpec | None = None,
          dense: str | None = None, removed: list[int] | None = None, device: str | None = "auto",
          overwrite: bool = False, progress: bool = True, stop_after: int | None = None,
@@ -169,21 +204,15 @@ def heal(pruned_dir: str | os.PathLike, out: str | os.PathLike, spec: HealSpec |
         raise SlebError(f"{pruned_dir}'s sleb.json has no removal_order; pass --blocks with the removed blocks.")
     pruned_model, tokenizer, _ = load_model(str(pruned_dir), device=device, dtype="float32")
     dense_model, _, _ = load_model(dense_name, device=device, dtype="float32")
-    try:
-        check_match(dense_model, pruned_model, removed, dense_name)
-    except SlebError as exc:
-        raise SlebError(f"Refusing to heal: {exc}") from exc
-    healed, healing = heal_model(dense_model, pruned_model, tokenizer, removed, spec, record, progress, stop_after)
+    healed, healing = heal_model(dense_model, pruned_model, tokenizer, removed, spec, progress, stop_after,
+                                 dense_name=dense_name, saved_dtype=checkpoint_dtype(pruned_dir))
     healing["dense_model"] = dense_name
     new_record = dict(record or {"format": "sleb/1", "base_model": dense_name, "model_argument": dense_name,
                                  "removal_order": list(removed), "removed": sorted(removed)})
     new_record["healing"] = healing
-    saved_dtype = (record or {}).get("dtype")
+    save_as = (record or {}).get("dtype")
     verifier = Verifier(healed, [], reference="the healed model in memory") if verify else None
     save_checkpoint(healed, tokenizer, out, new_record, overwrite=overwrite,
-                    dtype=getattr(torch, saved_dtype) if saved_dtype in ("bfloat16", "float16") else None,
+                    dtype=getattr(torch, save_as) if save_as in ("bfloat16", "float16") else None,
                     verifier=verifier)
-    state = healing.get("state_file")
-    if state and Path(state).is_file():
-        Path(state).unlink()
     return Path(out)
