@@ -83,7 +83,7 @@ def bypassed_logits(model, skip, ids: torch.Tensor) -> torch.Tensor:
 
 
 @contextlib.contextmanager
-def _float32(model):
+def float32_weights(model):
     """Run a half-precision model in float32 for a moment; its weights come back bit for bit."""
     dtypes = {p: p.dtype for p in model.parameters()}
     try:
@@ -130,7 +130,7 @@ def measured_rounding(model, skip, ids: torch.Tensor, dtype: torch.dtype, expect
     if any(p.is_meta for p in model.parameters()):
         return None
     own = next(model.parameters()).dtype
-    with _float32(model) if own == dtype else _rounded(model, dtype):
+    with float32_weights(model) if own == dtype else _rounded(model, dtype):
         other = bypassed_logits(model, skip, ids)
     return float((other - expected).abs().max())
 

@@ -3,11 +3,12 @@
 Loss per token: T^2 * KL(teacher_T || student_T) on logits softened by temperature T,
 plus `lm_weight` times the usual next-token loss. The student trains through LoRA
 (`peft`, every projection inside the blocks, GPT-2's Conv1D included, merged into the
-weights at the end) or, with `train_blocks`, those blocks in full. AdamW, linear warmup then cosine decay; bf16 runs
-under CPU/GPU autocast with fp32 weights. A state file is written atomically every
-`save_every` steps and a run with the same settings resumes from it; the data order and
-the LoRA initialisation come from `seed`, dropout is off (the student trains in eval
-mode) and the state keeps the random generators, so a resumed run equals an uninterrupted one.
+weights at the end) or, with `train_blocks`, those blocks in full. AdamW, linear warmup
+then cosine decay; bf16 runs under CPU/GPU autocast with fp32 weights. A state file is
+written atomically every `save_every` steps and a run with the same settings resumes
+from it; the data order and the LoRA initialisation come from `seed`, dropout is off
+(the student trains in eval mode, like the teacher) and the state keeps the random
+generators, so a resumed run equals an uninterrupted one.
 """
 
 from __future__ import annotations

@@ -144,7 +144,8 @@ def _applicable(methods: tuple[str, ...], pruned, removed: list[int]) -> tuple[t
     if problem is None:
         return methods, None
     if "distill" not in methods:
-        raise SlebError(f"{problem} Heal it with --method distill instead.")
+        raise SlebError(f"{problem} Heal it by distillation alone instead (--method distill; with prune, "
+                        "--heal distill).")
     log.warning("The linear fold does not apply to this model, so healing is distillation alone. %s", problem)
     return ("distill",), problem
 
