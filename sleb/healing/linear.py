@@ -124,23 +124,25 @@ def _probe_ids(model, ids: torch.Tensor | None) -> torch.Tensor:
     return torch.randint(0, vocab, (1, 16), generator=torch.Generator().manual_seed(0))
 
 
-def passthrough_tolerance(dtype: torch.dtype) -> float:
-    """Largest relative error of an offset that reaches the block output unchanged, by compute dtype.
+# An offset that reaches the block output unchanged comes back off by rounding alone: 0.1 to 0.5 units of
+# eps x || |output| + |offset| || on every family tested and on SmolLM2-135M (fp32 and bf16). A writer whose
+# output also feeds a later module in the block adds that module's response on top: an MLP after the
+# attention's projection 2e3 (a random Qwen3-MoE) to 1e6 (SmolLM2), a norm after the MLP (Gemma) 3e6.
+ECHO_TOLERANCE = 64.0
 
-    Only rounding separates the offset from its echo (about 5e-8 in float32 on every family
-    tested); a writer whose output also feeds a later module inside the block (an MLP after
-    the attention's projection: 2e-4 and more; a norm after the MLP: 0.6) adds that
-    module's response on top.
-    """
-    return 64 * torch.finfo(dtype).eps
+
+def _echo_error(moved: torch.Tensor, delta: torch.Tensor, base: torch.Tensor, dtype: torch.dtype) -> float:
+    """How far the block output moved from exactly the offset, in units of the rounding of output plus offset."""
+    return float((moved - delta).norm() / (torch.finfo(dtype).eps * (base.abs() + delta.abs()).norm()))
 
 
 @torch.no_grad()
 def probe_writers(model, block_index: int, ids: torch.Tensor | None = None) -> list[tuple[nn.Module, float]]:
-    """Each projection of a block that writes the hidden width, with the relative error of its offset's echo.
+    """Each projection of a block that writes the hidden width, with the error of its offset's echo.
 
     Each candidate's output gets a random offset; the error is how far the block's output
-    moved from exactly that offset (0 for a projection added unchanged to the residual stream).
+    moved from exactly that offset, in units of rounding (`_echo_error`; near 0 for a
+    projection added unchanged to the residual stream and read by nothing else).
     A half-precision block is probed in float32, where rounding cannot hide a small leak.
     """
     block = find_blocks(model).blocks[block_index]
@@ -176,7 +178,7 @@ def _echoes(block: nn.Module, args, kwargs) -> list[tuple[nn.Module, float]]:
             moved = _hidden(block(*args, **kwargs)).float() - base
         finally:
             handle.remove()
-        found.append((linear, float((moved - delta).norm() / (delta.norm() * moved[..., 0].numel() ** 0.5))))
+        found.append((linear, _echo_error(moved, delta, base, probe_dtype(block))))
     return found
 
 
@@ -186,14 +188,14 @@ def residual_writer(model, block_index: int, ids: torch.Tensor | None = None) ->
     Raises SlebError when there is none (a norm after the MLP, an offset that also feeds the MLP, a routed MLP).
     """
     block = find_blocks(model).blocks[block_index]
-    tol = passthrough_tolerance(probe_dtype(block))
     probed = probe_writers(model, block_index, ids)
-    writers = [m for m, error in probed if error < tol]
+    writers = [m for m, error in probed if error < ECHO_TOLERANCE]
     if not writers:
         seen = ", ".join(f"{n} {e:.2g}" for n, m in block.named_modules() for w, e in probed if m is w)
         raise SlebError(
             f"Block {block_index} ({type(block).__name__}) has no linear projection whose output is added unchanged "
-            f"to the residual stream (relative error of the echo: {seen or 'no candidates'}; tolerance {tol:.2g}), "
+            f"to the residual stream (error of the echo, in roundings: {seen or 'no candidates'}; tolerance "
+            f"{ECHO_TOLERANCE:g}), "
             "e.g. a norm after the MLP; the linear fold cannot be applied to this architecture."
         )
     return writers[-1]
