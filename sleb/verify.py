@@ -83,31 +83,23 @@ def bypassed_logits(model, skip, ids: torch.Tensor) -> torch.Tensor:
 
 
 @contextlib.contextmanager
-def float32_weights(model):
-    """Run a half-precision model in float32 for a moment; its weights come back bit for bit."""
-    dtypes = {p: p.dtype for p in model.parameters()}
-    try:
-        for p in dtypes:
-            p.data = p.data.float()
-        yield
-    finally:
-        for p, dtype in dtypes.items():
-            p.data = p.data.to(dtype)
+def swapped_weights(model, convert):
+    """Run `model` with each module's own weights replaced by `convert(weights)` while that module runs.
 
-
-@contextlib.contextmanager
-def _rounded(model, dtype: torch.dtype):
-    """Run a float32 model with its weights rounded to `dtype`, one module at a time (no copy of the model)."""
+    One module at a time, so no copy of the model is made; the weights come back as they were.
+    """
     kept = {}
 
     def swap(module, _args):
         for p in module.parameters(recurse=False):
-            kept[p] = p.data
-            p.data = p.data.to(dtype).to(p.dtype)
+            if p not in kept:  # a module that runs inside itself keeps its first swap
+                kept[p] = p.data
+                p.data = convert(p.data)
 
     def restore(module, _args, _output):
         for p in module.parameters(recurse=False):
-            p.data = kept.pop(p)
+            if p in kept:
+                p.data = kept.pop(p)
 
     owners = [m for m in model.modules() if next(m.parameters(recurse=False), None) is not None]
     hooks = [h for m in owners for h in (m.register_forward_pre_hook(swap), m.register_forward_hook(restore))]
@@ -125,12 +117,14 @@ def measured_rounding(model, skip, ids: torch.Tensor, dtype: torch.dtype, expect
 
     A float32 model saved in `dtype` computes as before with rounded weights: it runs so, against
     `expected` (its own logits). A model held in `dtype` computes in it: it runs in float32 for the
-    comparison. None for an offloaded model (its weights live in the offload hooks).
+    comparison. Weights are converted one module at a time. None for an offloaded model (its
+    weights live in the offload hooks).
     """
     if any(p.is_meta for p in model.parameters()):
         return None
     own = next(model.parameters()).dtype
-    with float32_weights(model) if own == dtype else _rounded(model, dtype):
+    convert = (lambda w: w.float()) if own == dtype else (lambda w: w.to(dtype).to(w.dtype))
+    with swapped_weights(model, convert):
         other = bypassed_logits(model, skip, ids)
     return float((other - expected).abs().max())
 

@@ -27,7 +27,7 @@ from ..blocks import find_blocks
 from ..devices import module_device
 from ..errors import SlebError
 from ..loading import model_device
-from ..verify import float32_weights
+from ..verify import swapped_weights
 
 log = logging.getLogger(__name__)
 
@@ -149,7 +149,7 @@ def probe_writers(model, block_index: int, ids: torch.Tensor | None = None) -> l
     captured = {}
     _run_to(model, _probe_ids(model, ids), block, pre=lambda a, k: captured.update(args=a, kwargs=k))
     if probe_dtype(block) != next(block.parameters()).dtype:
-        with float32_weights(block):
+        with swapped_weights(block, lambda w: w.float()):
             return _echoes(block, convert_to_fp32(captured["args"]), convert_to_fp32(captured["kwargs"]))
     return _echoes(block, captured["args"], captured["kwargs"])
 
