@@ -2,11 +2,13 @@
 
     OMP_NUM_THREADS=1 python scripts/bench_verify.py              # SmolLM2 (embedded), SLEB 20% blocks
     python scripts/bench_verify.py --model PATH --blocks 3,7 --dtype float16
+    python scripts/bench_verify.py --load-dtype bfloat16          # a bf16 model saved in bf16
 
-Loads the model in float32, takes the `Verifier` (dense with the blocks bypassed), removes the blocks and
-saves in the half dtype: prints the measured rounding, the correct save's max |logit difference| and the
-tolerance, then the same for saves whose `o_proj` (the attention's output projection) in one block was
-scaled by 1.3, each refused or accepted. The last line is one JSON object with every figure.
+Loads the model in float32 (or `--load-dtype`), takes the `Verifier` (dense with the blocks
+bypassed), removes the blocks and saves in the half dtype: prints the measured rounding, the
+correct save's max |logit difference| and the tolerance, then the same for saves whose `o_proj`
+(the attention's output projection) in one kept block was scaled by 1.3, each refused or
+accepted. The last line is one JSON object with every figure.
 """
 
 from __future__ import annotations
@@ -51,16 +53,17 @@ def main() -> None:
     parser.add_argument("--model", default="default")
     parser.add_argument("--blocks", default="5,13,14,16,17,18", help="removed blocks (SmolLM2's SLEB 20%% pick)")
     parser.add_argument("--dtype", default="bfloat16", choices=("bfloat16", "float16"))
+    parser.add_argument("--load-dtype", default="float32", choices=("float32", "bfloat16", "float16"))
     parser.add_argument("--damage", default="0,3,10", help="kept blocks whose o_proj is scaled by 1.3, one at a time")
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "1")))
     dtype = getattr(torch, args.dtype)
-    model, tokenizer, _ = load_model(args.model, device="cpu", dtype="float32")
+    model, tokenizer, _ = load_model(args.model, device="cpu", dtype=args.load_dtype)
     removed = [int(b) for b in args.blocks.split(",")]
     verifier = Verifier(model, removed)
     pruned = remove_blocks(model, removed)
-    result = {"model": args.model, "removed": removed, "dtype": args.dtype,
+    result = {"model": args.model, "removed": removed, "load_dtype": args.load_dtype, "dtype": args.dtype,
               "max_abs_logit": float(verifier.expected.abs().max()), "measured_rounding": verifier.rounding[dtype]}
     with tempfile.TemporaryDirectory() as tmp:
         result["correct"] = save(copy.deepcopy(pruned), tokenizer, Path(tmp) / "ok", dtype, verifier)
