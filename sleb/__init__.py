@@ -3,7 +3,7 @@
     from sleb import load_model, prune
     prune("default", "out/smollm2-sleb-20", ratios=[0.2])
 
-See README.md for the command line (`python -m sleb`) and the Python API.
+See README.md for the command line (`sleb`, or `python -m sleb`) and the Python API; docs/ for the rest.
 """
 
 from .blocks import BlockSwitch, find_blocks
