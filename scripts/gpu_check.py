@@ -65,18 +65,24 @@ def tiny_model_folder(root: Path) -> str:
     return str(folder)
 
 
+def repository_text() -> str:
+    """This repository's README and docs pages, four times: English text when no data folder is there."""
+    pages = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
+    return "\n\n".join(page.read_text(encoding="utf-8") for page in pages) * 4
+
+
 def evaluation_text() -> tuple[str, str]:
-    """WikiText-2 test when the data folder is there, else this repository's README (a device check needs text)."""
+    """WikiText-2 test when the data folder is there, else this repository's docs (a device check needs text)."""
     if (data_dir() / LOCAL_FILES["wikitext2-test"]).is_file():
         return ppl_text("wikitext2")
-    return (ROOT / "README.md").read_text(encoding="utf-8") * 4, "README.md x 4"
+    return repository_text(), "README.md and docs/*.md x 4"
 
 
 def calibration_spec(root: Path, seqlen: int) -> CalibrationSpec:
     if (data_dir() / LOCAL_FILES["c4"]).is_file():
         return CalibrationSpec(source="c4", nsamples=8, seqlen=seqlen)
     path = root / "calibration.txt"
-    path.write_text((ROOT / "README.md").read_text(encoding="utf-8") * 4, encoding="utf-8")
+    path.write_text(repository_text(), encoding="utf-8")
     return CalibrationSpec(source=str(path), nsamples=8, seqlen=seqlen)
 
 

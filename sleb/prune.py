@@ -20,7 +20,6 @@ from pathlib import Path
 
 import torch
 
-from . import __version__
 from .blocks import find_blocks, num_layers
 from .calibration import Calibration, CalibrationSpec, build_calibration
 from .devices import devices_of
@@ -30,6 +29,7 @@ from .loading import cache_dir, load_model
 from .removal import remove_blocks, save_checkpoint
 from .search import SearchResult, SearchState, fast_search, reference_search
 from .verify import Verifier
+from .version import __version__
 
 log = logging.getLogger(__name__)
 

@@ -102,3 +102,34 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(threads)
+
+
+def check_speed_figures(figures: dict, dense, removed: int, repeats: int, prefill_samples: int,
+                        new_tokens: int) -> None:
+    """Speed figures against the dense model's own parameters and the raw timing samples they summarise.
+
+    `dense` is a plain in-memory model whose blocks all have the same size; `removed` blocks were pruned.
+    """
+    import statistics
+
+    from sleb.blocks import find_blocks
+
+    blocks = find_blocks(dense).blocks
+    block = sum(p.numel() for p in blocks[0].parameters())
+    block_matmul = sum(p.numel() for p in blocks[0].parameters() if p.dim() == 2)
+    head = dense.get_output_embeddings().weight.numel()
+    total = sum(p.numel() for p in dense.parameters())
+    n = len(blocks)
+    assert (figures["dense_blocks"], figures["pruned_blocks"]) == (n, n - removed)
+    assert (figures["dense_params"], figures["pruned_params"]) == (total, total - removed * block)
+    assert figures["ideal_speedup_params"] == pytest.approx((n * block_matmul + head)
+                                                            / ((n - removed) * block_matmul + head))
+    runs = figures["runs"]
+    for name in ("dense", "pruned"):
+        assert len(runs[name]["prefill_s"]) == repeats * prefill_samples
+        assert len(runs[name]["decode_b1_step_s"]) == repeats * (new_tokens - 1)
+        assert all(0 < t < float("inf") for samples in runs[name].values() for t in samples)
+    median = {name: {k: statistics.median(v) for k, v in runs[name].items()} for name in runs}
+    assert figures["speedup_prefill"] == pytest.approx(median["dense"]["prefill_s"] / median["pruned"]["prefill_s"])
+    assert figures["speedup_decode_b1"] == pytest.approx(median["dense"]["decode_b1_step_s"]
+                                                         / median["pruned"]["decode_b1_step_s"])

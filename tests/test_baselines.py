@@ -1,5 +1,6 @@
 """Baselines: valid results, and scores equal to hand computations from the model's own hidden states."""
 
+import copy
 import math
 
 import pytest
@@ -9,7 +10,7 @@ import torch.nn.functional as F
 from sleb.baselines import BASELINES, angular_distance, block_influence, last_blocks, oneshot_ppl, random_blocks
 from sleb.blocks import find_blocks
 from sleb.errors import SlebError
-from sleb.search import reference_search
+from sleb.removal import remove_blocks
 
 from .conftest import tiny_llama
 
@@ -59,14 +60,20 @@ def test_every_baseline_returns_a_valid_result(llama, windows, name, barriers):
     assert result.to_dict()["method"] == name
 
 
-def test_oneshot_ppl_equals_first_sleb_round(llama, windows):
+def test_oneshot_ppl_scores_are_the_nll_of_physically_pruned_copies(llama, windows):
     result = oneshot_ppl(llama, windows, 3, batch_size=3, progress=False)
-    sleb = reference_search(llama, windows, 1, progress=False)
-    expected = sleb.rounds[0]["scores"]
-    assert set(result.rounds[0]["scores"]) == set(expected)
-    for block, score in expected.items():
-        assert result.rounds[0]["scores"][block] == pytest.approx(score, rel=1e-5)
-    assert result.order[0] == sleb.order[0]
+    expected = {}
+    for block in range(1, 5):  # the blocks inside the default barriers of a 6-block model
+        pruned = remove_blocks(copy.deepcopy(llama), [block])
+        with torch.no_grad():
+            logits = pruned(input_ids=windows).logits.float()
+        expected[block] = float(F.cross_entropy(logits[:, :-1].flatten(0, 1), windows[:, 1:].flatten(),
+                                                reduction="sum"))
+    scores = result.rounds[0]["scores"]
+    assert set(map(int, scores)) == set(expected)
+    for block, nll in expected.items():
+        assert scores[str(block)] == pytest.approx(nll, rel=1e-5)
+    assert result.order == sorted(expected, key=expected.get)[:3]
 
 
 def test_block_influence_equals_hand_computation(llama, windows):

@@ -28,7 +28,7 @@ from sleb.removal import remove_blocks
 from sleb.search import fast_search
 from sleb.speed import measure_speed
 
-from .conftest import DATA_DIR, tiny_llama
+from .conftest import DATA_DIR, check_speed_figures, tiny_llama
 
 
 def offloaded(model):
@@ -109,7 +109,8 @@ def test_offloaded_speed_benchmark_runs():
     remove_blocks(pruned, [1])
     result = measure_speed(dense, offloaded(pruned), prompt_len=8, decode_batch=2, new_tokens=3, repeats=1,
                            warmup=0, threads=1, prefill_samples=1)
-    assert result["dense_blocks"] == 4 and result["pruned_blocks"] == 3 and result["device"] == "cpu"
+    assert result["device"] == "cpu"
+    check_speed_figures(result, tiny_llama(num_layers=4), removed=1, repeats=1, prefill_samples=1, new_tokens=3)
 
 
 @pytest.mark.skipif(not (DATA_DIR / "zeroshot").is_dir(), reason="local zero-shot data not found")

@@ -18,6 +18,7 @@ from transformers import AutoModelForCausalLM, GPTNeoXConfig, LlamaConfig
 from sleb.errors import SlebError
 from sleb.healing import DistillSpec, HealSpec, distill, fit_linear, heal, residual_writer
 from sleb.healing.distill import heldout_scores
+from sleb.healing.linear import cuts
 from sleb.removal import remove_blocks, save_checkpoint
 
 VOCAB = 96
@@ -129,9 +130,12 @@ def test_resumed_distillation_equals_an_uninterrupted_run(tmp_path):
     dense = build("llama")
     pruned = remove_blocks(copy.deepcopy(dense), REMOVED)
     full, _ = distill(copy.deepcopy(pruned), dense, ids(16), SPEC, tmp_path / "a.pt", progress=False)
+    assert kl_to(dense, full, ids(4, seed=9)) < 0.9 * kl_to(dense, pruned, ids(4, seed=9))  # it trained
     _, first = distill(copy.deepcopy(pruned), dense, ids(16), SPEC, tmp_path / "b.pt", progress=False, stop_after=3)
     assert not first["finished"] and (tmp_path / "b.pt").is_file()
-    resumed, second = distill(copy.deepcopy(pruned), dense, ids(16), SPEC, tmp_path / "b.pt", progress=False)
+    # Three more steps finish only a run that picks up at step 3 (a restart would stop at 3 of 6).
+    resumed, second = distill(copy.deepcopy(pruned), dense, ids(16), SPEC, tmp_path / "b.pt", progress=False,
+                              stop_after=3)
     assert second["finished"] and second["steps_done"] == 6
     for (name, a), (_, b) in zip(full.state_dict().items(), resumed.state_dict().items(), strict=True):
         torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6, msg=name)
@@ -161,30 +165,53 @@ def pruned_dir(tiny_model_dir, tmp_path):
     return save_checkpoint(model, tok, tmp_path / "pruned", record)
 
 
-def test_heal_writes_a_plain_checkpoint_with_the_same_logits(pruned_dir, tmp_path, monkeypatch):
-    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    spec = HealSpec(methods=("linear", "distill"), seqlen=32, heldout=2, linear_tokens=32 * 8,
-                    distill=DistillSpec(tokens=32 * 8, batch_windows=2, micro_batch=1, lora_rank=4, dtype="fp32"))
-    out = heal(pruned_dir, tmp_path / "healed", spec, device="cpu", progress=False)
-    record = json.loads((out / "sleb.json").read_text())["healing"]
-    assert record["methods"] == ["linear", "distill"]
-    assert record["data"]["data"].endswith("[1100:1480]")
-    assert record["distill"]["tokens_trained"] == 32 * 8
-    assert {"nll", "kl"} <= set(record["heldout_after"]) and record["linear"]["cuts"][0]["block"] == 1
-    reloaded = AutoModelForCausalLM.from_pretrained(out)
-    plain = AutoModelForCausalLM.from_pretrained(pruned_dir)
-    assert type(reloaded) is type(plain) and reloaded.config.num_hidden_layers == 4
-    assert set(reloaded.state_dict()) == set(plain.state_dict())
-    # The saved checkpoint gives the logits of the in-memory healed model: heal in memory again (same seed).
-    from sleb.healing import heal_model
-    from sleb.loading import load_model
-
-    dense, tok, _ = load_model(record["dense_model"], device="cpu")
-    again, _ = heal_model(dense, load_model(str(pruned_dir), device="cpu")[0], tok, [3, 2], spec, progress=False)
-    x = ids(2, 20) % len(tok)
+def own_nll(model, windows: torch.Tensor) -> float:
+    """Mean next-token NLL of `model` on `windows`, from a plain forward."""
     with torch.no_grad():
-        torch.testing.assert_close(reloaded(input_ids=x).logits, again(input_ids=x).logits, rtol=1e-4, atol=1e-4)
-        assert not torch.allclose(reloaded(input_ids=x).logits, plain(input_ids=x).logits, atol=1e-3)
+        logits = model(input_ids=windows).logits.float()
+    return float(F.cross_entropy(logits[:, :-1].flatten(0, 1), windows[:, 1:].flatten()))
+
+
+def assert_scored(out, dense_dir, removed: list[int], seqlen: int, heldout: int):
+    """The checkpoint in `out`, reloaded with plain transformers, is the model its record scored (held-out NLL
+    before: the physically pruned model's; after: the reloaded one's). Returns (record, reloaded, pruned, dense)."""
+    from transformers import AutoTokenizer
+
+    from sleb.healing import heal_data
+
+    record = json.loads((out / "sleb.json").read_text())["healing"]
+    dense = AutoModelForCausalLM.from_pretrained(dense_dir).eval()
+    plain = remove_blocks(copy.deepcopy(dense), removed)
+    reloaded = AutoModelForCausalLM.from_pretrained(out).eval()
+    assert type(reloaded) is type(plain) and set(reloaded.state_dict()) == set(plain.state_dict())
+    held = heal_data(AutoTokenizer.from_pretrained(dense_dir), "c4", seqlen, heldout, progress=False).heldout
+    assert record["heldout_before"]["nll"] == pytest.approx(own_nll(plain, held), rel=1e-4)
+    assert record["heldout_after"]["nll"] == pytest.approx(own_nll(reloaded, held), rel=1e-4)
+    assert record["heldout_after"]["nll"] != record["heldout_before"]["nll"]
+    return record, reloaded, plain, dense
+
+
+def changed(model, plain) -> set[str]:
+    ref = plain.state_dict()
+    return {name for name, value in model.state_dict().items() if not torch.equal(value, ref[name])}
+
+
+def test_heal_writes_a_plain_checkpoint_that_is_the_healed_model(pruned_dir, tmp_path, tiny_model_dir):
+    spec = HealSpec(methods=("linear", "distill"), seqlen=32, heldout=2, linear_tokens=32 * 8,
+                    distill=DistillSpec(tokens=32 * 8, batch_windows=2, micro_batch=1, lora_rank=4, dtype="fp32",
+                                        lm_weight=0.0))
+    out = heal(pruned_dir, tmp_path / "healed", spec, device="cpu", progress=False)
+    record, reloaded, plain, _ = assert_scored(out, tiny_model_dir, [2, 3], 32, 2)
+    assert record["methods"] == ["linear", "distill"] and reloaded.config.num_hidden_layers == 4
+    assert record["data"]["data"].endswith("[1100:1480]")
+    assert record["distill"]["tokens_trained"] == 32 * 8 and record["distill"]["steps_done"] == 4
+    assert record["linear"]["cuts"][0]["block"] == 1
+    # LoRA trained every Linear of the blocks (merged into their weights); nothing else moved.
+    linears = {f"{n}.weight" for n, m in reloaded.named_modules() if isinstance(m, torch.nn.Linear)
+               and n.startswith("model.layers.")}
+    assert changed(reloaded, plain) == linears
+    # the distillation lowered the held-out KL the fold left (both scored against one teacher reference)
+    assert record["heldout_after"]["kl"] < 0.95 * record["heldout_after_linear"]["kl"]
     assert not list(tmp_path.glob(".healed*"))  # nothing half-written left beside it
 
 
@@ -215,11 +242,13 @@ def test_budget_larger_than_pool_warns_with_repeated_tokens(caplog):
     assert "160 tokens repeat" in caplog.text
 
 
-def test_cached_heal_makes_the_checkpoint_once(tiny_model_dir, tmp_path, monkeypatch):
-    from sleb.healing import cached_heal
+def test_cached_heal_makes_the_checkpoint_once_with_the_least_squares_fold(tiny_model_dir, tmp_path, monkeypatch):
+    from transformers import AutoTokenizer
+
+    from sleb.healing import cached_heal, heal_data
 
     monkeypatch.setenv("SLEB_CACHE", str(tmp_path / "cache"))
-    spec = HealSpec(methods=("linear",), seqlen=32, heldout=2, linear_tokens=64)
+    spec = HealSpec(methods=("linear",), seqlen=32, heldout=2, linear_tokens=64, ridge=0.0)
     folder = cached_heal(str(tiny_model_dir), [2, 3], spec, device="cpu")
     stamp = (folder / "model.safetensors").stat().st_mtime_ns
     assert cached_heal(str(tiny_model_dir), [3, 2], spec, device="cpu") == folder
@@ -227,6 +256,22 @@ def test_cached_heal_makes_the_checkpoint_once(tiny_model_dir, tmp_path, monkeyp
     model = AutoModelForCausalLM.from_pretrained(folder)
     assert model.config.num_hidden_layers == 4
     assert json.loads((folder / "sleb.json").read_text())["healing"]["linear"]["cuts"][0]["cut"] == [2, 3]
+    # Independently: the closed-form least-squares map on the two healing windows, folded into block 1.
+    dense = AutoModelForCausalLM.from_pretrained(tiny_model_dir).eval()
+    plain = remove_blocks(copy.deepcopy(dense), [2, 3])
+    x = heal_data(AutoTokenizer.from_pretrained(tiny_model_dir), "c4", 32, 2, progress=False).train[:2]
+    writer = plain.model.layers[1].mlp.down_proj
+    seen = {}
+    handle = writer.register_forward_hook(lambda m, a, o: seen.update(m=o))
+    before = hidden(plain, x, 2).reshape(-1, 32).double()
+    handle.remove()
+    m = seen["m"].reshape(-1, 32).double()
+    t = torch.linalg.lstsq(m, hidden(dense, x, 4).reshape(-1, 32).double() - before + m).solution
+    torch.testing.assert_close(model.model.layers[1].mlp.down_proj.weight.double(), t.T @ writer.weight.double(),
+                               rtol=1e-3, atol=1e-4)
+    for name, value in plain.state_dict().items():
+        if name != "model.layers.1.mlp.down_proj.weight":
+            assert torch.equal(model.state_dict()[name], value), name
 
 
 def test_cli_heal_without_record_exits_with_the_fix(pruned_dir, tmp_path, caplog):
@@ -238,16 +283,29 @@ def test_cli_heal_without_record_exits_with_the_fix(pruned_dir, tmp_path, caplog
 
 
 def test_cli_prune_with_heal_saves_the_healed_checkpoint(tiny_model_dir, tmp_path):
+    from transformers import AutoTokenizer
+
     from sleb.cli import main
+    from sleb.healing import heal_data
 
     out = tmp_path / "healed"
     assert main(["prune", str(tiny_model_dir), "--num-remove", "2", "--nsamples", "2", "--seqlen", "16",
                  "--device", "cpu", "-q", "--heal", "linear", "--heal-seqlen", "32", "--linear-tokens", "64",
                  "--out", str(out)]) == 0
-    record = json.loads((out / "sleb.json").read_text())
-    assert record["healing"]["methods"] == ["linear"] and record["healing"]["dense_model"] == str(tiny_model_dir)
-    model = AutoModelForCausalLM.from_pretrained(out)
-    assert model.config.num_hidden_layers == 4
+    saved = json.loads((out / "sleb.json").read_text())
+    assert saved["healing"]["methods"] == ["linear"] and saved["healing"]["dense_model"] == str(tiny_model_dir)
+    record, reloaded, plain, dense = assert_scored(out, tiny_model_dir, saved["removed"], 32, HealSpec().heldout)
+    assert reloaded.config.num_hidden_layers == 4
+    runs = cuts(saved["removed"])
+    assert [c["cut"] for c in record["linear"]["cuts"]] == [[a, b] for a, b in runs]
+    kept = [i for i in range(6) if i not in saved["removed"]]
+    assert changed(reloaded, plain) == {f"model.layers.{kept.index(a - 1)}.mlp.down_proj.weight" for a, _ in runs}
+    # On the fitting windows the state after the first cut is closer to the dense state after it.
+    x = heal_data(AutoTokenizer.from_pretrained(tiny_model_dir), "c4", 32, HealSpec().heldout, progress=False).train[:2]
+    first, last = runs[0]
+    p = kept.index(first - 1)
+    target = hidden(dense, x, last + 1)
+    assert (hidden(reloaded, x, p + 1) - target).pow(2).sum() < 0.99 * (hidden(plain, x, p + 1) - target).pow(2).sum()
 
 
 def test_distill_loss_adds_the_next_token_loss_at_its_weight():

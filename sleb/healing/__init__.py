@@ -4,7 +4,7 @@
     heal("out/smollm2-sleb-20", "out/smollm2-sleb-20-healed", HealSpec(methods=("linear", "distill")))
 
 Both steps change only existing weights, so the result is a standard checkpoint of the
-same architecture as the pruned one. See README.md, "Healing".
+same architecture as the pruned one. See docs/healing.md.
 """
 
 from .cache import cached_heal, cached_heal_dir

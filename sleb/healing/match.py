@@ -28,13 +28,15 @@ _STORAGE_KEYS = {"torch_dtype", "dtype", "_name_or_path", "transformers_version"
 
 def expected_config(dense, removed: list[int]):
     """The config `remove_blocks(dense, removed)` writes, made on a meta copy (no weights touched)."""
-    layers_log = logging.getLogger("sleb.removal")
-    level = layers_log.level
-    layers_log.setLevel(logging.WARNING)  # the real removal already said what it remapped
+    loggers = [logging.getLogger(name) for name in ("sleb.removal", "sleb.layermap")]
+    levels = [logger.level for logger in loggers]
+    for logger in loggers:  # the real removal already said what it removed and remapped
+        logger.setLevel(logging.WARNING)
     try:
         return remove_blocks(meta_model(type(dense), copy.deepcopy(dense.config)), removed).config
     finally:
-        layers_log.setLevel(level)
+        for logger, level in zip(loggers, levels, strict=True):
+            logger.setLevel(level)
 
 
 def _plain(value):
