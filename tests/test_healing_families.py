@@ -13,6 +13,7 @@ and the logits of the saved folder reloaded with plain transformers.
 from __future__ import annotations
 
 import copy
+import json
 import logging
 
 import pytest
@@ -174,6 +175,23 @@ def test_gemma_linear_alone_is_refused_before_any_data_is_read(tokenizer, tmp_pa
     spec = HealSpec(methods=("linear",), source=str(tmp_path / "missing.txt"))  # reading it would fail differently
     with pytest.raises(SlebError, match="cannot be applied.*--method distill"):
         heal_model(dense, pruned, tokenizer, arch.REMOVED, spec, progress=False)
+
+
+def test_cli_heal_of_gemma_says_the_fold_does_not_apply(tokenizer, tmp_path, caplog):
+    from sleb.cli import main
+
+    dense = build("gemma2", len(tokenizer))
+    save_checkpoint(dense, tokenizer, tmp_path / "dense")
+    record = {"format": "sleb/1", "model_argument": str(tmp_path / "dense"), "base_model": str(tmp_path / "dense"),
+              "removal_order": arch.REMOVED, "removed": arch.REMOVED, "dtype": "float32"}
+    pruned = save_checkpoint(remove_blocks(dense, arch.REMOVED), tokenizer, tmp_path / "pruned", record)
+    args = ["heal", str(pruned), "--device", "cpu", "-q", "--heal-seqlen", "32", "--heal-tokens", "64"]
+    assert main([*args, "--out", str(tmp_path / "linear"), "--method", "linear"]) == 2
+    assert "--method distill" in caplog.text and not (tmp_path / "linear").exists()
+    assert main([*args, "--out", str(tmp_path / "healed")]) == 0  # the default, linear+distill
+    healing = json.loads((tmp_path / "healed" / "sleb.json").read_text())["healing"]
+    assert healing["methods"] == ["distill"] and "cannot be applied" in healing["linear_skipped"]
+    assert healing["distill"]["tokens_trained"] == 64
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])

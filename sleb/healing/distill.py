@@ -159,6 +159,28 @@ def _atomic_save(obj, path: Path) -> None:
     os.replace(tmp, path)
 
 
+def _resume(path: Path | None, key: str, trainable: dict, optimizer, scheduler, steps: int) -> tuple[int, float, list]:
+    """Load a matching state file into the trainable weights, optimizer, schedule and generators.
+
+    Returns (step, seconds, losses) so far: (0, 0.0, []) without a state of these settings.
+    """
+    if path is None or not path.is_file():
+        return 0, 0.0, []
+    state = torch.load(path, weights_only=False)
+    if state.get("key") != key:
+        log.warning("Ignoring distillation state %s: it belongs to other settings or data.", path)
+        return 0, 0.0, []
+    with torch.no_grad():
+        for n, p in trainable.items():
+            p.copy_(state["trainable"][n])
+    optimizer.load_state_dict(state["optimizer"])
+    scheduler.load_state_dict(state["scheduler"])
+    if "rng" in state:
+        set_rng_state(state["rng"])
+    log.info("Resuming distillation at step %d of %d from %s", state["step"], steps, path)
+    return state["step"], state["seconds"], state["losses"]
+
+
 def distill(student, teacher, windows: torch.Tensor, spec: DistillSpec, state_path: str | os.PathLike | None = None,
             key: str = "", progress: bool = True, stop_after: int | None = None):
     """Train `student` towards `teacher` on `windows`; returns `(healed model, report)`.
@@ -199,22 +221,8 @@ def distill(student, teacher, windows: torch.Tensor, spec: DistillSpec, state_pa
     optimizer = torch.optim.AdamW(trainable.values(), lr=spec.lr, weight_decay=0.0)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: _schedule(s, steps, warmup))
 
-    step, seconds, losses = 0, 0.0, []
     path = Path(state_path) if state_path else None
-    if path is not None and path.is_file():
-        state = torch.load(path, weights_only=False)
-        if state.get("key") == key:
-            with torch.no_grad():
-                for n, p in trainable.items():
-                    p.copy_(state["trainable"][n])
-            optimizer.load_state_dict(state["optimizer"])
-            scheduler.load_state_dict(state["scheduler"])
-            step, seconds, losses = state["step"], state["seconds"], state["losses"]
-            if "rng" in state:
-                set_rng_state(state["rng"])
-            log.info("Resuming distillation at step %d of %d from %s", step, steps, path)
-        else:
-            log.warning("Ignoring distillation state %s: it belongs to other settings or data.", path)
+    step, seconds, losses = _resume(path, key, trainable, optimizer, scheduler, steps)
 
     # Dropout stays off (eval mode), as in the teacher and in use: the student learns the function it will
     # compute, and a step's gradient depends only on its windows (the generators are saved all the same).
