@@ -181,6 +181,40 @@ def _resume(path: Path | None, key: str, trainable: dict, optimizer, scheduler, 
     return state["step"], state["seconds"], state["losses"]
 
 
+def _trainable_model(student, spec: DistillSpec):
+    """`student` wrapped with LoRA adapters, or with only `spec.train_blocks` left trainable."""
+    from peft import get_peft_model
+
+    if not spec.train_blocks:
+        return get_peft_model(student, _lora_config(student, spec))
+    blocks = find_blocks(student).blocks
+    for p in student.parameters():
+        p.requires_grad_(False)
+    for i in spec.train_blocks:
+        if not 0 <= i < len(blocks):
+            raise SlebError(f"--train-blocks {i} is out of range: the pruned model has blocks 0..{len(blocks) - 1}.")
+        for p in blocks[i].parameters():
+            p.requires_grad_(True)
+    return student
+
+
+def _accumulate_gradients(model, teacher, batch: torch.Tensor, spec: DistillSpec) -> float:
+    """Backward the distillation loss of one step's windows, micro-batch by micro-batch; returns its mean."""
+    device = model_device(model)
+    total = 0.0
+    for micro in batch.split(spec.micro_batch):
+        micro = micro.to(device)
+        with _autocast(device, spec.dtype):
+            with torch.no_grad():
+                t_logits = teacher(input_ids=micro.to(model_device(teacher)), use_cache=False).logits
+            s_logits = model(input_ids=micro, use_cache=False).logits
+        loss = distill_loss(s_logits, t_logits, micro, spec.temperature, spec.lm_weight)
+        (loss * micro.shape[0] / batch.shape[0]).backward()
+        total += float(loss.detach()) * micro.shape[0] / batch.shape[0]
+        del s_logits, t_logits, loss
+    return total
+
+
 def distill(student, teacher, windows: torch.Tensor, spec: DistillSpec, state_path: str | os.PathLike | None = None,
             key: str = "", progress: bool = True, stop_after: int | None = None):
     """Train `student` towards `teacher` on `windows`; returns `(healed model, report)`.
@@ -189,34 +223,19 @@ def distill(student, teacher, windows: torch.Tensor, spec: DistillSpec, state_pa
     `stop_after` ends this run after that many steps, leaving the state file for a resume
     (as an interruption would); the report then has `"finished": False`.
     """
-    from peft import get_peft_model
-
     if spec.batch_windows % spec.micro_batch:
         raise SlebError(f"batch_windows ({spec.batch_windows}) must be a multiple of micro_batch ({spec.micro_batch}).")
     seqlen = windows.shape[1]
     total_windows, repeated = budget_windows(windows.shape[0], spec.tokens, seqlen)
     steps = max(1, total_windows // spec.batch_windows)
     warmup = int(spec.warmup * steps)
-    device = model_device(student)
     key = hashlib.sha256(json.dumps([key, asdict(spec), list(windows.shape)], sort_keys=True).encode()).hexdigest()[:16]
 
     torch.manual_seed(spec.seed)
     teacher.eval()
     for p in teacher.parameters():
         p.requires_grad_(False)
-    if spec.train_blocks:
-        blocks = find_blocks(student).blocks
-        for p in student.parameters():
-            p.requires_grad_(False)
-        for i in spec.train_blocks:
-            if not 0 <= i < len(blocks):
-                raise SlebError(f"--train-blocks {i} is out of range: the pruned model has blocks "
-                                f"0..{len(blocks) - 1}.")
-            for p in blocks[i].parameters():
-                p.requires_grad_(True)
-        model = student
-    else:
-        model = get_peft_model(student, _lora_config(student, spec))
+    model = _trainable_model(student, spec)
     trainable = {n: p for n, p in model.named_parameters() if p.requires_grad}
     optimizer = torch.optim.AdamW(trainable.values(), lr=spec.lr, weight_decay=0.0)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: _schedule(s, steps, warmup))
@@ -231,19 +250,8 @@ def distill(student, teacher, windows: torch.Tensor, spec: DistillSpec, state_pa
     ran = 0
     while step < steps and (stop_after is None or ran < stop_after):
         start = time.perf_counter()
-        batch = windows[_step_windows(step, spec, windows.shape[0])]
         optimizer.zero_grad(set_to_none=True)
-        total = 0.0
-        for micro in batch.split(spec.micro_batch):
-            micro = micro.to(device)
-            with _autocast(device, spec.dtype):
-                with torch.no_grad():
-                    t_logits = teacher(input_ids=micro.to(model_device(teacher)), use_cache=False).logits
-                s_logits = model(input_ids=micro, use_cache=False).logits
-            loss = distill_loss(s_logits, t_logits, micro, spec.temperature, spec.lm_weight)
-            (loss * micro.shape[0] / batch.shape[0]).backward()
-            total += float(loss.detach()) * micro.shape[0] / batch.shape[0]
-            del s_logits, t_logits, loss
+        total = _accumulate_gradients(model, teacher, windows[_step_windows(step, spec, windows.shape[0])], spec)
         optimizer.step()
         scheduler.step()
         step += 1
