@@ -1,0 +1,97 @@
+"""Check a written GGUF the way every checkpoint is checked, and delete it when it fails.
+
+(a) transformers' GGUF reader loads it (dequantized) and its logits must equal those of the
+    dense model with the removed blocks bypassed (`sleb.verify.Verifier`, same tolerances);
+(b) when `llama_cpp` is importable, llama.cpp loads it and its perplexity on a few WikiText-2
+    windows must be within `PPL_TOLERANCE` of transformers' on the same token ids.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import logging
+import math
+import os
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from ..errors import SlebError
+
+log = logging.getLogger(__name__)
+
+PPL_TOLERANCE = 0.01  # relative
+PPL_WINDOWS = 2
+PPL_SEQLEN = 256
+
+
+def llamacpp_available() -> bool:
+    return importlib.util.find_spec("llama_cpp") is not None
+
+
+def wikitext_windows(tokenizer, windows: int = PPL_WINDOWS, seqlen: int = PPL_SEQLEN, data_root=None):
+    """The first `windows` consecutive WikiText-2 test windows of `seqlen` token ids."""
+    from ..evaluate import ppl_text
+    from ..perplexity import token_windows
+
+    text, _ = ppl_text("wikitext2", data_root)
+    return token_windows(tokenizer, text, seqlen, windows)
+
+
+def llamacpp_perplexity(path: str | os.PathLike, windows: torch.Tensor, threads: int | None = None) -> float:
+    """Perplexity that llama.cpp gives the GGUF at `path` on these token-id windows (same protocol as sleb's)."""
+    from llama_cpp import Llama
+
+    seqlen = int(windows.shape[1])
+    llm = Llama(model_path=str(path), n_ctx=seqlen, n_batch=seqlen, logits_all=True, verbose=False,
+                n_threads=threads or min(4, os.cpu_count() or 1))
+    total = 0.0
+    try:
+        for row in windows.tolist():
+            llm.reset()
+            llm.eval(row)
+            logits = np.asarray(llm.scores[: seqlen - 1], dtype=np.float64)
+            top = logits.max(axis=1, keepdims=True)
+            logz = top[:, 0] + np.log(np.exp(logits - top).sum(axis=1))
+            total += float((logz - logits[np.arange(seqlen - 1), row[1:]]).sum())
+    finally:
+        llm.close() if hasattr(llm, "close") else None
+    return math.exp(total / (windows.shape[0] * (seqlen - 1)))
+
+
+def check_llamacpp(path: Path, pruned_model, windows: torch.Tensor) -> dict:
+    """llama.cpp's perplexity against transformers' on `pruned_model` (the same pruned weights, dequantized)."""
+    from ..perplexity import perplexity
+
+    if not llamacpp_available():
+        return {"llamacpp": "skipped (llama_cpp is not installed)"}
+    reference = perplexity(pruned_model, windows)["perplexity"]
+    try:
+        got = llamacpp_perplexity(path, windows)
+    except Exception as exc:  # llama.cpp raises ValueError / RuntimeError on a file it cannot load
+        raise SlebError(f"llama.cpp could not load or run the written GGUF {path.name}: {exc}") from exc
+    rel = abs(got - reference) / reference
+    result = {"llamacpp": "passed" if rel <= PPL_TOLERANCE else "failed", "llamacpp_perplexity": got,
+              "transformers_perplexity": reference, "relative_difference": rel, "tolerance": PPL_TOLERANCE,
+              "windows": int(windows.shape[0]), "seqlen": int(windows.shape[1]), "data": "wikitext2 test"}
+    if result["llamacpp"] != "passed":
+        raise SlebError(f"llama.cpp's perplexity on the written GGUF ({got:.3f}) differs from transformers' "
+                        f"({reference:.3f}) by {100 * rel:.2f}% (> {100 * PPL_TOLERANCE:.0f}%).")
+    log.info("llama.cpp perplexity %.3f vs transformers %.3f (%.2f%%)", got, reference, 100 * rel)
+    return result
+
+
+def verify_gguf(path: str | os.PathLike, verifier, pruned_model=None, windows: torch.Tensor | None = None) -> dict:
+    """Run check (a) with `verifier` (a `sleb.verify.Verifier` of the dense model), and (b) when `pruned_model`
+    and `windows` are given; on failure delete the file and raise SlebError."""
+    path = Path(path)
+    try:
+        result = {"transformers": verifier(path.parent, gguf_file=path.name)}
+        if pruned_model is not None and windows is not None:
+            result.update(check_llamacpp(path, pruned_model, windows))
+    except Exception:
+        path.unlink(missing_ok=True)
+        log.error("Deleted %s: it failed verification", path)
+        raise
+    return result
