@@ -193,3 +193,16 @@ def test_smollm2_gguf_at_20_percent(tmp_path):
                         and int(n.split(".")[1]) in removed)
     dense_size = default_gguf().stat().st_size
     assert abs(dense_size - removed_bytes - written.stat().st_size) < 64 * 1024  # metadata only
+
+
+def test_a_file_failing_verification_is_deleted(tmp_path):
+    from sleb.gguf.verify import verify_gguf
+    from sleb.verify import Verifier
+
+    write_tiny_gguf(tmp_path / "dense.gguf", num_blocks=4)
+    write_pruned_gguf(tmp_path / "dense.gguf", [1], tmp_path / "pruned.gguf", progress=False)
+    dense = AutoModelForCausalLM.from_pretrained(tmp_path, gguf_file="dense.gguf", dtype=torch.float32).eval()
+    assert verify_gguf(tmp_path / "pruned.gguf", Verifier(dense, [1]))["transformers"]["reload"] == "passed"
+    with pytest.raises(SlebError, match="does not reproduce"):
+        verify_gguf(tmp_path / "pruned.gguf", Verifier(dense, [2]))  # the wrong block bypassed
+    assert not (tmp_path / "pruned.gguf").exists()
