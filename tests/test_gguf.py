@@ -143,14 +143,17 @@ def test_existing_output_needs_overwrite(tmp_path):
                    if t.name.startswith("blk.")])
 
 
-def test_gguf_flag_on_a_folder_fails_before_the_search(tmp_path, llama, caplog):
+def test_gguf_flag_on_a_folder_without_converter_fails_before_the_search(tmp_path, llama, caplog, monkeypatch):
     from sleb.cli import main
 
+    monkeypatch.delenv("SLEB_LLAMA_CPP", raising=False)
+    monkeypatch.setenv("PATH", str(tmp_path))  # no converter on PATH either
     llama.save_pretrained(tmp_path / "dense")
     code = main(["prune", str(tmp_path / "dense"), "--ratio", "0.2", "--gguf", "--out", str(tmp_path / "out"),
                  "--calib", str(tmp_path / "missing.txt"), "-q"])  # a search would fail on the missing file
     assert code == 2
-    assert "--gguf needs a GGUF source" in caplog.text and "missing.txt" not in caplog.text
+    assert "needs llama.cpp's convert_hf_to_gguf.py" in caplog.text and "SLEB_LLAMA_CPP is not set" in caplog.text
+    assert "missing.txt" not in caplog.text
     assert not (tmp_path / "out").exists()
 
 
@@ -206,3 +209,25 @@ def test_a_file_failing_verification_is_deleted(tmp_path):
     with pytest.raises(SlebError, match="does not reproduce"):
         verify_gguf(tmp_path / "pruned.gguf", Verifier(dense, [2]))  # the wrong block bypassed
     assert not (tmp_path / "pruned.gguf").exists()
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not __import__("sleb.gguf.convert", fromlist=["x"]).find_converter(),
+                    reason="llama.cpp's convert_hf_to_gguf.py not found (set SLEB_LLAMA_CPP, see docs/gguf.md)")
+def test_safetensors_checkpoint_through_llamacpp_converter(tmp_path):
+    """f16 through llama.cpp's own converter: transformers' GGUF reader gives the bypassed dense model's logits."""
+    import json
+
+    from sleb.cli import main
+    from sleb.loading import load_model
+
+    _, _, source = load_model("default")  # the dequantized safetensors copy in the sleb cache
+    from sleb.loading import _gguf_cache_path
+
+    folder = _gguf_cache_path(source)
+    assert main(["remove", str(folder), "--blocks", "5,14,15", "--gguf", "--gguf-type", "f16",
+                 "--out", str(tmp_path / "out"), "-q"]) == 0
+    record = json.loads((tmp_path / "out" / "sleb.json").read_text())["gguf"]
+    assert record["gguf_type"] == "f16" and record["verification"]["transformers"]["reload"] == "passed"
+    reader = GGUFReader(tmp_path / "out" / record["file"])
+    assert reader.fields["llama.block_count"].contents() == 27

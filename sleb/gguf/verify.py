@@ -60,13 +60,17 @@ def llamacpp_perplexity(path: str | os.PathLike, windows: torch.Tensor, threads:
     return math.exp(total / (windows.shape[0] * (seqlen - 1)))
 
 
-def check_llamacpp(path: Path, pruned_model, windows: torch.Tensor) -> dict:
-    """llama.cpp's perplexity against transformers' on `pruned_model` (the same pruned weights, dequantized)."""
+def check_llamacpp(path: Path, windows: torch.Tensor) -> dict:
+    """llama.cpp's perplexity on the file against transformers' on the same file (its GGUF reader, dequantized)."""
+    from transformers import AutoModelForCausalLM
+
     from ..perplexity import perplexity
 
     if not llamacpp_available():
         return {"llamacpp": "skipped (llama_cpp is not installed)"}
-    reference = perplexity(pruned_model, windows)["perplexity"]
+    model = AutoModelForCausalLM.from_pretrained(path.parent, gguf_file=path.name, dtype=torch.float32).eval()
+    reference = perplexity(model, windows)["perplexity"]
+    del model
     try:
         got = llamacpp_perplexity(path, windows)
     except Exception as exc:  # llama.cpp raises ValueError / RuntimeError on a file it cannot load
@@ -82,14 +86,17 @@ def check_llamacpp(path: Path, pruned_model, windows: torch.Tensor) -> dict:
     return result
 
 
-def verify_gguf(path: str | os.PathLike, verifier, pruned_model=None, windows: torch.Tensor | None = None) -> dict:
-    """Run check (a) with `verifier` (a `sleb.verify.Verifier` of the dense model), and (b) when `pruned_model`
-    and `windows` are given; on failure delete the file and raise SlebError."""
+def verify_gguf(path: str | os.PathLike, verifier=None, windows: torch.Tensor | None = None,
+                saved_dtype: torch.dtype | None = None) -> dict:
+    """Check (a) with `verifier` (a `sleb.verify.Verifier`; `saved_dtype` sets its tolerance) and (b) on
+    `windows`; either may be None to skip it. On failure delete the file and raise SlebError."""
     path = Path(path)
+    result = {}
     try:
-        result = {"transformers": verifier(path.parent, gguf_file=path.name)}
-        if pruned_model is not None and windows is not None:
-            result.update(check_llamacpp(path, pruned_model, windows))
+        if verifier is not None:
+            result["transformers"] = verifier(path.parent, saved_dtype, gguf_file=path.name)
+        if windows is not None:
+            result.update(check_llamacpp(path, windows))
     except Exception:
         path.unlink(missing_ok=True)
         log.error("Deleted %s: it failed verification", path)
