@@ -231,3 +231,9 @@ def test_safetensors_checkpoint_through_llamacpp_converter(tmp_path):
     assert record["gguf_type"] == "f16" and record["verification"]["transformers"]["reload"] == "passed"
     reader = GGUFReader(tmp_path / "out" / record["file"])
     assert reader.fields["llama.block_count"].contents() == 27
+
+
+def test_one_part_of_a_split_gguf_is_refused(tmp_path):
+    write_tiny_gguf(tmp_path / "part.gguf", num_blocks=3, extra={"split.count": (2, GGUFValueType.UINT16)})
+    with pytest.raises(SlebError, match="split GGUF"):
+        write_pruned_gguf(tmp_path / "part.gguf", [1], tmp_path / "out.gguf", progress=False)

@@ -56,7 +56,7 @@ def llamacpp_perplexity(path: str | os.PathLike, windows: torch.Tensor, threads:
             logz = top[:, 0] + np.log(np.exp(logits - top).sum(axis=1))
             total += float((logz - logits[np.arange(seqlen - 1), row[1:]]).sum())
     finally:
-        llm.close() if hasattr(llm, "close") else None
+        llm.close()
     return math.exp(total / (windows.shape[0] * (seqlen - 1)))
 
 
