@@ -5,6 +5,7 @@ only the kept blocks (an independent construction); transformers' own GGUF loade
 file with the removed blocks bypassed.
 """
 
+import math
 import shutil
 
 import numpy as np
@@ -17,7 +18,7 @@ from sleb.blocks import BlockSwitch, find_blocks
 from sleb.errors import SlebError
 from sleb.gguf import open_gguf, write_pruned_gguf
 from sleb.verify import TOLERANCE
-from tests.gguf_files import write_tiny_gguf
+from tests.gguf_files import write_tiny_gguf, write_tiny_openelm
 
 
 def _fields(path) -> dict:
@@ -237,3 +238,42 @@ def test_one_part_of_a_split_gguf_is_refused(tmp_path):
     write_tiny_gguf(tmp_path / "part.gguf", num_blocks=3, extra={"split.count": (2, GGUFValueType.UINT16)})
     with pytest.raises(SlebError, match="split GGUF"):
         write_pruned_gguf(tmp_path / "part.gguf", [1], tmp_path / "out.gguf", progress=False)
+
+
+LLAMA_CPP = pytest.mark.skipif(not __import__("sleb.gguf.verify", fromlist=["x"]).llamacpp_available(),
+                               reason="llama_cpp is not installed")
+
+
+@LLAMA_CPP
+@pytest.mark.parametrize("qtype", ["f32", "q8_0"])
+def test_llamacpp_perplexity_on_the_pruned_file_matches_transformers(tmp_path, qtype):
+    from sleb.gguf.verify import llamacpp_perplexity
+    from sleb.perplexity import perplexity
+
+    write_tiny_gguf(tmp_path / "dense.gguf", num_blocks=5, qtype=qtype)
+    write_pruned_gguf(tmp_path / "dense.gguf", [1, 3], tmp_path / "pruned.gguf", progress=False)
+    windows = torch.randint(0, 128, (2, 64), generator=torch.Generator().manual_seed(5))
+    model = AutoModelForCausalLM.from_pretrained(tmp_path, gguf_file="pruned.gguf", dtype=torch.float32).eval()
+    expected = perplexity(model, windows)["perplexity"]
+    assert llamacpp_perplexity(tmp_path / "pruned.gguf", windows, threads=1) == pytest.approx(expected, rel=0.01)
+
+
+@LLAMA_CPP
+def test_llamacpp_runs_an_architecture_with_per_layer_arrays_after_pruning(tmp_path):
+    """OpenELM: llama.cpp builds each block from its own head counts and feed-forward length."""
+    from sleb.gguf.verify import llamacpp_perplexity
+
+    heads, kv, ffs = [4, 2, 3, 4, 2], [2, 1, 1, 2, 2], [64, 96, 128, 32, 64]
+    write_tiny_openelm(tmp_path / "dense.gguf", heads, kv, ffs)
+    record = write_pruned_gguf(tmp_path / "dense.gguf", [1, 3], tmp_path / "pruned.gguf", progress=False)
+    assert {"openelm.attention.head_count", "openelm.attention.head_count_kv",
+            "openelm.feed_forward_length"} <= set(record["metadata_changed"])
+    write_tiny_openelm(tmp_path / "kept.gguf", heads, kv, ffs, blocks=[0, 2, 4])
+    assert _fields(tmp_path / "kept.gguf") == _fields(tmp_path / "pruned.gguf")
+    assert _tensors(tmp_path / "kept.gguf") == _tensors(tmp_path / "pruned.gguf")
+    windows = torch.randint(0, 128, (1, 32), generator=torch.Generator().manual_seed(5))
+    assert math.isfinite(llamacpp_perplexity(tmp_path / "pruned.gguf", windows, threads=1))
+    # what `llama-quantize --prune-layers` writes (block_count only, arrays left long) does not load
+    write_tiny_openelm(tmp_path / "unsliced.gguf", heads, kv, ffs, blocks=[0, 2, 4], unsliced=True)
+    with pytest.raises(ValueError, match="Failed to load"):
+        llamacpp_perplexity(tmp_path / "unsliced.gguf", windows, threads=1)
