@@ -22,8 +22,8 @@ from ..errors import SlebError
 log = logging.getLogger(__name__)
 
 PPL_TOLERANCE = 0.01  # relative
-PPL_WINDOWS = 2
-PPL_SEQLEN = 256
+PPL_WINDOWS = 4
+PPL_SEQLEN = 512
 
 
 def llamacpp_available() -> bool:
