@@ -3,7 +3,7 @@
 (a) transformers' GGUF reader loads it (dequantized) and its logits must equal those of the
     dense model with the removed blocks bypassed (`sleb.verify.Verifier`, same tolerances);
 (b) when `llama_cpp` is importable, llama.cpp loads it and its perplexity on a few WikiText-2
-    windows must be within `PPL_TOLERANCE` of transformers' on the same token ids.
+    windows must be within `PPL_TOLERANCE` (2%) of transformers' on the same token ids and file.
 """
 
 from __future__ import annotations
@@ -21,7 +21,11 @@ from ..errors import SlebError
 
 log = logging.getLogger(__name__)
 
-PPL_TOLERANCE = 0.01  # relative
+# Relative. llama.cpp multiplies quantised weights with activations quantised to 8 bits, so its perplexity on
+# SmolLM2's Q4_1 file sits apart from transformers' (dequantized, fp32) by 0.28% dense and 0.62% / 1.01% with 20% /
+# 30% of the blocks removed (scripts/bench_gguf.py, 8 x 512 tokens): a correct 30% file fails a 1% gate. A file
+# llama.cpp reads wrongly is off by far more, or does not load.
+PPL_TOLERANCE = 0.02
 PPL_WINDOWS = 4
 PPL_SEQLEN = 512
 
