@@ -62,6 +62,15 @@ def _verify_arg(p: argparse.ArgumentParser) -> None:
                    help="do not reload each saved checkpoint to check its logits (for models too large to load twice)")
 
 
+def _gguf_arg(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--gguf", action="store_true",
+                   help="also write a pruned .gguf into each output folder, verified with transformers and llama.cpp: "
+                        "from a .gguf source its tensors copied, not requantised; from any other source through "
+                        "llama.cpp's converter ($SLEB_LLAMA_CPP); see docs/gguf.md")
+    p.add_argument("--gguf-type", choices=("f16", "q8_0", "q4_k_m"),
+                   help="with --gguf on a non-GGUF source: the converted file's type (default f16)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="sleb", description=__doc__.split("\n\n")[0])
     sub = parser.add_subparsers(dest="command", required=True)
@@ -74,6 +83,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--overwrite", action="store_true", help="replace existing output folders")
     p.add_argument("--save-dtype", help="dtype of the saved weights (default: as loaded)")
     _verify_arg(p)
+    _gguf_arg(p)
     p.add_argument("--heal", choices=("linear", "distill", "linear+distill"), help="heal each checkpoint after pruning")
     _heal_args(p)
 
@@ -109,6 +119,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--overwrite", action="store_true")
     p.add_argument("--save-dtype")
     _verify_arg(p)
+    _gguf_arg(p)
+    p.add_argument("--data-dir", help="data folder for the GGUF check (default: $SLEB_DATA_DIR or ../shared/data)")
 
     p = sub.add_parser("info", help="blocks, parameters and config of a model")
     _model_args(p)
@@ -264,7 +276,8 @@ def cmd_prune(args) -> int:
                   device=args.device, dtype=args.dtype, save_dtype=_dtype(args.save_dtype),
                   overwrite=args.overwrite, progress=not args.quiet, state_path=args.state,
                   reference=args.reference, verify=args.verify,
-                  heal=_heal_spec(args, args.heal) if args.heal else None)
+                  heal=_heal_spec(args, args.heal) if args.heal else None, gguf=args.gguf, gguf_type=args.gguf_type,
+                  data_dir=args.data_dir)
     for path in saved:
         record = json.loads((path / "sleb.json").read_text())
         log.info("%s: removed %s (%d -> %d blocks)", path, record["removal_order"], record["num_blocks_dense"],
@@ -323,14 +336,17 @@ def _load_order(path: str):
 
 def cmd_remove(args) -> int:
     from .blocks import num_layers
-    from .loading import load_model
-    from .prune import make_record, parameter_count
+    from .gguf.export import plan_export
+    from .loading import load_model, resolve
+    from .prune import gguf_extras, make_record, parameter_count
     from .removal import check_removal, remove_blocks, save_checkpoint
     from .search import SearchResult
     from .verify import Verifier
 
     if Path(args.out).exists() and not args.overwrite:
         raise SlebError(f"Output folder {args.out} already exists; pass --overwrite to replace it.")
+    export = (plan_export(resolve(args.model), None, args.verify, args.data_dir, not args.quiet, args.gguf_type)
+              if args.gguf else None)
     result = _load_order(args.order) if args.order else None
     model, tokenizer, source = load_model(args.model, device=args.device, dtype=args.dtype)
     total = num_layers(model)
@@ -351,8 +367,9 @@ def cmd_remove(args) -> int:
     verifier = Verifier(model, order) if args.verify else None
     remove_blocks(model, order)
     record = make_record(result, order, source, dense, model, {"device": str(next(model.parameters()).device)})
+    extras = gguf_extras(export, order, total, verifier, tokenizer) if export else None
     save_checkpoint(model, tokenizer, args.out, record, overwrite=args.overwrite, dtype=_dtype(args.save_dtype),
-                    verifier=verifier)
+                    verifier=verifier, extras=extras)
     log.info("Removed %s: %d -> %d blocks, saved %s", order, total, total - len(order), args.out)
     return 0
 

@@ -172,12 +172,14 @@ class _AtomicDir:
 
 
 def save_checkpoint(model, tokenizer, out, record: dict | None = None, overwrite: bool = False, dtype=None,
-                    verifier=None) -> Path:
+                    verifier=None, extras=None) -> Path:
     """Save model, tokenizer, generation config and `sleb.json` to `out`, all or nothing.
 
     Before writing, the config is checked to rebuild the model (`sleb.verify.check_config`);
     with a `verifier` (`sleb.verify.Verifier`) the written folder is reloaded and checked
     before it is moved into place, and the result goes into `sleb.json` as "verification".
+    `extras(folder) -> dict` writes more files into the folder before that (a GGUF, see
+    `sleb.gguf.export`); what it returns is added to `sleb.json`.
     """
     from .verify import check_config
 
@@ -193,8 +195,9 @@ def save_checkpoint(model, tokenizer, out, record: dict | None = None, overwrite
             tokenizer.save_pretrained(tmp)
         verification = {"config_check": "passed"}
         verification.update(verifier(tmp, dtype) if verifier is not None else {"reload": "skipped"})
+        added = extras(tmp) if extras is not None else {}
         if record is not None:
-            record = {**record, "verification": verification}
+            record = {**record, "verification": verification, **added}
             (tmp / "sleb.json").write_text(json.dumps(record, indent=2) + "\n")
     log.info("Saved %s", out)
     return Path(out)

@@ -159,11 +159,13 @@ class Verifier:
             return UNMEASURED[coarse] * scale
         return max(floor, ROUNDING_FACTOR * self.rounding[coarse])
 
-    def __call__(self, folder: str | Path, saved_dtype: torch.dtype | None = None) -> dict:
+    def __call__(self, folder: str | Path, saved_dtype: torch.dtype | None = None,
+                 gguf_file: str | None = None) -> dict:
+        """Reload `folder` (or the GGUF file `gguf_file` in it, dequantized) and compare its logits."""
         from transformers import AutoModelForCausalLM
 
         reloaded, info = AutoModelForCausalLM.from_pretrained(
-            folder, dtype=self.dtype, trust_remote_code=False, output_loading_info=True
+            folder, dtype=self.dtype, trust_remote_code=False, output_loading_info=True, gguf_file=gguf_file
         )
         try:
             reloaded.eval()
