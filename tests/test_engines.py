@@ -109,21 +109,28 @@ def test_llamacpp_bench_reports_both_files_beside_the_ideal_ratio(tiny, tmp_path
     assert main(["bench", "--engine", "llamacpp", str(dense), str(tmp_path)]) == 2  # a folder is not a GGUF
 
 
+NEAR_TIE = 0.5  # logits: Q4_1 weights times 8-bit-quantised activations (llama.cpp) vs fp32 on the same weights
+
+
 @pytest.mark.slow
-def test_smollm2_answers_and_token_counts_agree_across_engines():
-    """The embedded SmolLM2 GGUF: the chat template's ids, fed to both engines, give the same greedy answer."""
+def test_smollm2_chat_ids_and_greedy_answers_agree_across_engines():
+    """The embedded SmolLM2 GGUF: llama.cpp reads the chat template's text as the same ids, and its greedy answer
+    on those ids is greedy under transformers' own logits up to near-ties (checked token by token)."""
     from sleb.loading import load_model, resolve
 
     model, tokenizer, source = load_model("default", device="cpu")
-    text = tokenizer.apply_chat_template([{"role": "user", "content": "What is the capital of France?"}],
-                                         tokenize=False, add_generation_prompt=True)
-    ids = tokenizer(text, add_special_tokens=False).input_ids
     eos = model.generation_config.eos_token_id
     llama = LlamaCppEngine(os.path.join(resolve("default").path, source.gguf_file), n_ctx=256,
                            stop_ids=eos if isinstance(eos, list) else [eos])
     torch_engine = TorchEngine(model, tokenizer)
-    assert llama.llm.tokenize(text.encode(), add_bos=False, special=True) == ids
-    assert llama.count_tokens(text) == torch_engine.count_tokens(text) == len(ids)
-    settings = GenSettings(max_new_tokens=16)
-    answers = [tokenizer.decode(tokens_of(e, ids, settings), skip_special_tokens=True) for e in (torch_engine, llama)]
-    assert answers[0] == answers[1] and "Paris" in answers[0], answers
+    for prompt in ("What is the capital of France?", "Write a haiku about autumn leaves."):
+        text = tokenizer.apply_chat_template([{"role": "user", "content": prompt}], tokenize=False,
+                                             add_generation_prompt=True)
+        ids = tokenizer(text, add_special_tokens=False).input_ids
+        assert llama.llm.tokenize(text.encode(), add_bos=False, special=True) == ids
+        assert llama.count_tokens(text) == torch_engine.count_tokens(text) == len(ids)
+        answer = tokens_of(llama, ids, GenSettings(max_new_tokens=24))
+        with torch.inference_mode():
+            logits = model(torch.tensor([ids + answer])).logits[0, len(ids) - 1: -1]
+        chosen = logits[torch.arange(len(answer)), answer]
+        assert (logits.max(-1).values - chosen).max() < NEAR_TIE, tokenizer.decode(answer)

@@ -12,10 +12,11 @@ column stay on the torch model in memory.
 from __future__ import annotations
 
 import logging
+import threading
 from collections.abc import Sequence
 from pathlib import Path
 
-from ..engines import INSTALL_HINT, Engine, LlamaCppEngine, TorchEngine, llamacpp_available, pruned_gguf
+from ..engines import INSTALL_HINT, Engine, GenSettings, LlamaCppEngine, TorchEngine, llamacpp_available, pruned_gguf
 from ..errors import SlebError
 
 log = logging.getLogger(__name__)
@@ -51,16 +52,26 @@ def _stop_ids(model) -> list[int]:
     return [int(i) for i in (eos if isinstance(eos, (list, tuple)) else [eos]) if i is not None]
 
 
+def new_engine(entry, removed: Sequence[int], kind: str, n_ctx: int = 2048, cache: Path | None = None) -> Engine:
+    """A fresh `kind` engine of `entry` without `removed` (llama.cpp: its pruned GGUF, warmed up by two tokens)."""
+    key = tuple(sorted(int(b) for b in removed))
+    if kind == "torch":
+        return TorchEngine(entry.model, entry.tokenizer, key, entry.switch, entry.lock)
+    src = Path(entry.source.path) / entry.source.gguf_file
+    engine = LlamaCppEngine(pruned_gguf(src, key, cache), n_ctx=n_ctx, stop_ids=_stop_ids(entry.model))
+    with engine.lock:  # so that the first visitor's timings are not a cold start
+        engine.generate([entry.tokenizer.bos_token_id or 0], GenSettings(max_new_tokens=2), threading.Event(),
+                        lambda _: None)
+    return engine
+
+
 def side_engine(entry, removed: Sequence[int] = (), n_ctx: int = 2048) -> Engine:
-    """The engine that runs `entry` with `removed` blocks gone, on the model's engine (kept for reuse)."""
+    """The engine that runs `entry` with `removed` blocks gone, on the model's engine (llama.cpp ones kept)."""
     key = tuple(sorted(int(b) for b in removed))
     if entry.engine_name == "torch":
-        return TorchEngine(entry.model, entry.tokenizer, key, entry.switch, entry.lock)
+        return new_engine(entry, key, "torch")
     with entry.engines_lock:
-        engine = entry.engines.pop(key, None)
-        if engine is None:
-            src = Path(entry.source.path) / entry.source.gguf_file
-            engine = LlamaCppEngine(pruned_gguf(src, key), n_ctx=n_ctx, stop_ids=_stop_ids(entry.model))
+        engine = entry.engines.pop(key, None) or new_engine(entry, key, "llamacpp", n_ctx)
         entry.engines[key] = engine  # most recent last
         while len(entry.engines) > MAX_LLAMACPP_SIDES:
             entry.engines.pop(next(k for k in entry.engines if k))  # the oldest pruned one; freed once unused

@@ -60,10 +60,11 @@ class TorchEngine(Engine):
         return self.switch.state(skip=self.removed) if self.switch is not None else nullcontext()
 
     def _pad_id(self) -> int:
-        for pad in (self.model.generation_config.pad_token_id, self.tokenizer.pad_token_id):
+        for pad in (self.model.generation_config.pad_token_id, getattr(self.tokenizer, "pad_token_id", None),
+                    getattr(self.tokenizer, "eos_token_id", None)):
             if pad is not None:
                 return pad
-        return self.tokenizer.eos_token_id
+        return 0
 
     def generate(self, ids, settings: GenSettings, stop: threading.Event, emit) -> None:
         from transformers import StoppingCriteriaList
