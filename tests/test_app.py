@@ -230,11 +230,30 @@ def test_bad_input_is_an_error_and_the_app_keeps_serving(app, tiny_model_dir):
 @pytest.mark.slow
 def test_default_model_through_the_app(app):
     status, dense, pruned, _healed, _table, _plot, details = run(app, "default", blocks=1, new_tokens=8,
-                                                                 prompt="What is the capital of France?")
+                                                                 prompt="Which city is the capital of France?")
     assert status == "Done." and "Paris" in dense, dense
     assert pruned, details
     assert details["chat_template"] and details["num_blocks"] == 30 and details["pruned"]["blocks"] == 29
     assert details["dense"]["decode_tok_s"] > 0 and details["pruned"]["decode_tok_s"] > 0
+    # On a CPU with llama.cpp installed, the embedded GGUF runs there, both sides; the table says so.
+    assert details["engine"] == details["dense"]["engine"] == details["pruned"]["engine"] == "llamacpp", details
+    assert "llama.cpp (GGUF)" in _table and details["speedup"]["comparable"]
+
+
+def test_the_engine_is_chosen_once_per_model_and_said(tiny_model_dir, monkeypatch):
+    from sleb.demo.sides import model_engine, resolve_engine
+    from sleb.loading import resolve
+
+    monkeypatch.setenv("SLEB_APP_ENGINE", "torch")
+    assert DemoConfig.from_env().engine == "torch"
+    monkeypatch.setenv("SLEB_APP_ENGINE", "vllm")
+    with pytest.raises(SlebError, match="choose one of auto, torch, llamacpp"):
+        DemoConfig.from_env()
+    assert resolve_engine("auto") == "llamacpp"  # llama-cpp-python is a requirement
+    engine, why = model_engine("llamacpp", resolve(str(tiny_model_dir)))
+    assert engine == "torch" and "GGUF" in why  # a folder of safetensors: both sides on torch
+    assert model_engine("auto", resolve("default"))[0] == "llamacpp"
+    assert model_engine("torch", resolve("default"))[0] == "torch"
 
 
 def test_cached_generation_under_the_switch_equals_uncached(tiny_model_dir):

@@ -35,7 +35,7 @@ METHOD_LABELS = {
 }
 EXAMPLES = [
     "Explain in two sentences why the sky is blue.",
-    "What is the capital of France?",
+    "Which city is the capital of France?",
     "Write a haiku about autumn leaves.",
     "Give me three tips for learning to program.",
 ]
