@@ -1,13 +1,15 @@
 """The Gradio page: pick a model, a method and how much to prune, and compare dense and pruned side by side.
 
-`build_demo(config)` returns the Blocks; the handlers are thin: they call `engine` and turn
+`build_demo(config)` returns the Blocks; the handlers are thin: the Run handler strings together
+the steps of `request` (each callable alone) and turns
 `SlebError` (and anything unexpected) into a `gr.Error` that says what to do, so one
 user's mistake never stops the app for the others. Visitors take turns on a model, first
 come first served, and see their place in the line while they wait.
 
 The healed column: where a healed checkpoint of the current pruning exists (`healed`), the
 third answer box (`#healed`, hidden otherwise) shows its answer, and the table and details
-its speed and perplexity beside dense and pruned.
+its speed and perplexity beside dense and pruned. It runs on torch even where dense and pruned run
+on llama.cpp (see `request.HEALED_ENGINE_NOTE`), and its speed is then not compared.
 """
 
 from __future__ import annotations
@@ -42,8 +44,9 @@ EXAMPLES = [
 TRACK_TQDM = gr.Progress(track_tqdm=True)  # shows find_removal's progress bars in the page
 INTRO = """# SLEB: dense vs pruned, side by side
 Remove whole transformer blocks with [SLEB](https://arxiv.org/abs/2402.09025) (or a baseline) and compare the
-pruned model with the dense one on the same prompt and decoding settings. The pruned model shares the dense
-model's weights: its removed blocks are bypassed, nothing is copied."""
+pruned model with the dense one on the same prompt and decoding settings, both on the same engine: on
+llama.cpp (GGUF models, the default on a CPU) the pruned model is the GGUF without its removed blocks, written
+once; on transformers it shares the dense model's weights and its removed blocks are bypassed."""
 
 
 def _user_error(exc: Exception) -> gr.Error:
