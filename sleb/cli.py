@@ -132,9 +132,6 @@ def build_parser() -> argparse.ArgumentParser:
     _model_args(p)
     p.add_argument("pruned", nargs="?",
                    help="pruned model folder or .gguf file (else pruned here with --ratio/--num-remove)")
-    p.add_argument("--engine", choices=("torch", "llamacpp"), default="torch",
-                   help="torch (transformers), or llamacpp: two GGUF files, DENSE.gguf PRUNED.gguf (default torch)")
-    p.add_argument("--threads", type=int, help="CPU threads (default: torch's; llama.cpp uses the same)")
     _budget_args(p, required=False)
     _search_args(p)
     _speed_args(p)
@@ -229,6 +226,9 @@ def _eval_args(p: argparse.ArgumentParser, default_ppl: str = "wikitext2,c4") ->
 
 
 def _speed_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--engine", choices=("torch", "llamacpp"), default="torch",
+                   help="torch (transformers), or llamacpp: two GGUF files, DENSE.gguf PRUNED.gguf (default torch)")
+    p.add_argument("--threads", type=int, help="CPU threads (default: torch's; llama.cpp uses the same)")
     p.add_argument("--prompt-len", type=int, default=512, help="prefill prompt length (default 512)")
     p.add_argument("--decode-batch", type=int, default=8, help="larger decode batch (default 8)")
     p.add_argument("--new-tokens", type=int, default=32, help="tokens generated per decode run (default 32)")
