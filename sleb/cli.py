@@ -64,8 +64,11 @@ def _verify_arg(p: argparse.ArgumentParser) -> None:
 
 def _gguf_arg(p: argparse.ArgumentParser) -> None:
     p.add_argument("--gguf", action="store_true",
-                   help="GGUF source: also write the pruned .gguf into each output folder (tensors copied, not "
-                        "requantised), verified with transformers and llama.cpp; see docs/gguf.md")
+                   help="also write a pruned .gguf into each output folder, verified with transformers and llama.cpp: "
+                        "from a .gguf source its tensors copied, not requantised; from any other source through "
+                        "llama.cpp's converter ($SLEB_LLAMA_CPP); see docs/gguf.md")
+    p.add_argument("--gguf-type", choices=("f16", "q8_0", "q4_k_m"),
+                   help="with --gguf on a non-GGUF source: the converted file's type (default f16)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -277,7 +280,8 @@ def cmd_prune(args) -> int:
                   device=args.device, dtype=args.dtype, save_dtype=_dtype(args.save_dtype),
                   overwrite=args.overwrite, progress=not args.quiet, state_path=args.state,
                   reference=args.reference, verify=args.verify,
-                  heal=_heal_spec(args, args.heal) if args.heal else None, gguf=args.gguf, data_dir=args.data_dir)
+                  heal=_heal_spec(args, args.heal) if args.heal else None, gguf=args.gguf, gguf_type=args.gguf_type,
+                  data_dir=args.data_dir)
     for path in saved:
         record = json.loads((path / "sleb.json").read_text())
         log.info("%s: removed %s (%d -> %d blocks)", path, record["removal_order"], record["num_blocks_dense"],
@@ -345,7 +349,8 @@ def cmd_remove(args) -> int:
 
     if Path(args.out).exists() and not args.overwrite:
         raise SlebError(f"Output folder {args.out} already exists; pass --overwrite to replace it.")
-    export = plan_export(resolve(args.model), None, args.verify, args.data_dir, not args.quiet) if args.gguf else None
+    export = (plan_export(resolve(args.model), None, args.verify, args.data_dir, not args.quiet, args.gguf_type)
+              if args.gguf else None)
     result = _load_order(args.order) if args.order else None
     model, tokenizer, source = load_model(args.model, device=args.device, dtype=args.dtype)
     total = num_layers(model)
@@ -366,7 +371,7 @@ def cmd_remove(args) -> int:
     verifier = Verifier(model, order) if args.verify else None
     remove_blocks(model, order)
     record = make_record(result, order, source, dense, model, {"device": str(next(model.parameters()).device)})
-    extras = gguf_extras(export, order, total, verifier, model, tokenizer) if export else None
+    extras = gguf_extras(export, order, total, verifier, tokenizer) if export else None
     save_checkpoint(model, tokenizer, args.out, record, overwrite=args.overwrite, dtype=_dtype(args.save_dtype),
                     verifier=verifier, extras=extras)
     log.info("Removed %s: %d -> %d blocks, saved %s", order, total, total - len(order), args.out)

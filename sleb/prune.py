@@ -185,16 +185,17 @@ def prune(model: str | None = None, out: str | os.PathLike = "pruned", *, ratios
           early_barrier: int = 1, latter_barrier: int = 1, batch_size: int | None = None, seed: int = 0,
           device: str | None = "auto", dtype=None, save_dtype=None, overwrite: bool = False,
           progress: bool = True, state_path=None, reference: bool = False, verify: bool = True,
-          heal=None, gguf: bool = False, data_dir=None) -> list[Path]:
+          heal=None, gguf: bool = False, gguf_type: str | None = None, data_dir=None) -> list[Path]:
     """Load, search once, and save one pruned checkpoint per ratio (or block count). Returns the folders.
 
     Each checkpoint is reloaded and compared with the model with its blocks bypassed before
     it is kept (`verify=False` skips that, for models too large to load twice). With `heal`
     (a `sleb.healing.HealSpec`) each checkpoint is healed against the dense model before
     saving, and the reload is compared with the healed model instead. With `gguf` (a GGUF
-    source) each folder also gets the pruned GGUF file, checked likewise (`sleb.gguf.export`).
+    source, or any source with llama.cpp's converter and `gguf_type`) each folder also gets a
+    pruned GGUF file, checked likewise (`sleb.gguf.export`).
     """
-    export = _plan_gguf(model, heal, verify, data_dir, progress) if gguf else None
+    export = _plan_gguf(model, heal, verify, data_dir, progress, gguf_type) if gguf else None
     timings = {}
     t0 = time.perf_counter()
     loaded, tokenizer, source = load_model(model, device=device, dtype=dtype)
@@ -234,7 +235,7 @@ def prune(model: str | None = None, out: str | os.PathLike = "pruned", *, ratios
         if heal is not None:
             to_save, record["healing"] = _heal(model, device, dtype, loaded, tokenizer, order, heal, record, progress)
             verifier = Verifier(to_save, [], reference="the healed model in memory") if verify else None
-        extras = gguf_extras(export, order, total, verifier, loaded, tokenizer) if export else None
+        extras = gguf_extras(export, order, total, verifier, tokenizer) if export else None
         save_checkpoint(to_save, tokenizer, dirs[k], record, overwrite=overwrite, dtype=save_dtype, verifier=verifier,
                         extras=extras)
         log.info("Saved %d of %d blocks removed (%s) to %s in %.1f s", k, total, order, dirs[k],
@@ -243,18 +244,18 @@ def prune(model: str | None = None, out: str | os.PathLike = "pruned", *, ratios
     return saved
 
 
-def _plan_gguf(model, heal, verify, data_dir, progress):
+def _plan_gguf(model, heal, verify, data_dir, progress, gguf_type):
     from .gguf.export import plan_export
     from .loading import resolve
 
-    return plan_export(resolve(model), heal, verify, data_dir, progress)
+    return plan_export(resolve(model), heal, verify, data_dir, progress, gguf_type)
 
 
-def gguf_extras(export, removed, total, verifier, pruned_model, tokenizer):
+def gguf_extras(export, removed, total, verifier, tokenizer):
     """The `save_checkpoint(extras=...)` hook that writes and verifies the pruned GGUF into the folder."""
     from .gguf.export import export_gguf
 
     def write(folder: Path) -> dict:
-        return {"gguf": export_gguf(folder, export, sorted(removed), total, verifier, pruned_model, tokenizer)}
+        return {"gguf": export_gguf(folder, export, sorted(removed), total, verifier, tokenizer)}
 
     return write

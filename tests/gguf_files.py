@@ -82,3 +82,42 @@ def write_tiny_gguf(path, num_blocks: int = 4, qtype: str = "f32", ff=96, kv_hea
     writer.write_kv_data_to_file()
     writer.write_tensors_to_file()
     writer.close()
+
+
+def write_tiny_openelm(path, heads: list[int], kv_heads: list[int], ffs: list[int], blocks=None,
+                       unsliced: bool = False) -> None:
+    """An OpenELM GGUF (llama.cpp reads its head counts and feed-forward lengths per layer) with those per-block
+    lists; `blocks` writes only those blocks, with the lists sliced unless `unsliced`."""
+    blocks = list(range(len(heads))) if blocks is None else list(blocks)
+    listed = list(range(len(heads))) if unsliced else blocks
+    head = 16
+    writer = GGUFWriter(path, "openelm")
+    writer.add_block_count(len(blocks))
+    writer.add_context_length(128)
+    writer.add_embedding_length(HIDDEN)
+    writer.add_head_count([heads[i] for i in listed])
+    writer.add_head_count_kv([kv_heads[i] for i in listed])
+    writer.add_feed_forward_length([ffs[i] for i in listed])
+    writer.add_key_length(head)
+    writer.add_value_length(head)
+    writer.add_rope_dimension_count(head)
+    writer.add_rope_freq_base(10000.0)
+    writer.add_layer_norm_rms_eps(1e-6)
+    writer.add_vocab_size(VOCAB)
+    writer.add_tokenizer_model("no_vocab")
+    rng = np.random.default_rng(11)
+    writer.add_tensor("token_embd.weight", rng.normal(0, 0.5, (VOCAB, HIDDEN)).astype(np.float32))
+    for new, old in enumerate(blocks):
+        r = np.random.default_rng(2000 + old)
+        qkv = (heads[old] + 2 * kv_heads[old]) * head
+        shapes = {"attn_norm": (HIDDEN,), "attn_qkv": (qkv, HIDDEN), "attn_q_norm": (head,), "attn_k_norm": (head,),
+                  "attn_output": (HIDDEN, heads[old] * head), "ffn_norm": (HIDDEN,), "ffn_gate": (ffs[old], HIDDEN),
+                  "ffn_up": (ffs[old], HIDDEN), "ffn_down": (HIDDEN, ffs[old])}
+        for name, shape in shapes.items():
+            array = 1 + r.normal(0, 0.1, shape) if len(shape) == 1 else r.normal(0, 0.08, shape)
+            writer.add_tensor(f"blk.{new}.{name}.weight", array.astype(np.float32))
+    writer.add_tensor("output_norm.weight", (1 + rng.normal(0, 0.1, HIDDEN)).astype(np.float32))
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()

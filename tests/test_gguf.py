@@ -5,6 +5,7 @@ only the kept blocks (an independent construction); transformers' own GGUF loade
 file with the removed blocks bypassed.
 """
 
+import math
 import shutil
 
 import numpy as np
@@ -17,7 +18,7 @@ from sleb.blocks import BlockSwitch, find_blocks
 from sleb.errors import SlebError
 from sleb.gguf import open_gguf, write_pruned_gguf
 from sleb.verify import TOLERANCE
-from tests.gguf_files import write_tiny_gguf
+from tests.gguf_files import write_tiny_gguf, write_tiny_openelm
 
 
 def _fields(path) -> dict:
@@ -143,14 +144,17 @@ def test_existing_output_needs_overwrite(tmp_path):
                    if t.name.startswith("blk.")])
 
 
-def test_gguf_flag_on_a_folder_fails_before_the_search(tmp_path, llama, caplog):
+def test_gguf_flag_on_a_folder_without_converter_fails_before_the_search(tmp_path, llama, caplog, monkeypatch):
     from sleb.cli import main
 
+    monkeypatch.delenv("SLEB_LLAMA_CPP", raising=False)
+    monkeypatch.setenv("PATH", str(tmp_path))  # no converter on PATH either
     llama.save_pretrained(tmp_path / "dense")
     code = main(["prune", str(tmp_path / "dense"), "--ratio", "0.2", "--gguf", "--out", str(tmp_path / "out"),
                  "--calib", str(tmp_path / "missing.txt"), "-q"])  # a search would fail on the missing file
     assert code == 2
-    assert "--gguf needs a GGUF source" in caplog.text and "missing.txt" not in caplog.text
+    assert "needs llama.cpp's convert_hf_to_gguf.py" in caplog.text and "SLEB_LLAMA_CPP is not set" in caplog.text
+    assert "missing.txt" not in caplog.text
     assert not (tmp_path / "out").exists()
 
 
@@ -193,3 +197,83 @@ def test_smollm2_gguf_at_20_percent(tmp_path):
                         and int(n.split(".")[1]) in removed)
     dense_size = default_gguf().stat().st_size
     assert abs(dense_size - removed_bytes - written.stat().st_size) < 64 * 1024  # metadata only
+
+
+def test_a_file_failing_verification_is_deleted(tmp_path):
+    from sleb.gguf.verify import verify_gguf
+    from sleb.verify import Verifier
+
+    write_tiny_gguf(tmp_path / "dense.gguf", num_blocks=4)
+    write_pruned_gguf(tmp_path / "dense.gguf", [1], tmp_path / "pruned.gguf", progress=False)
+    dense = AutoModelForCausalLM.from_pretrained(tmp_path, gguf_file="dense.gguf", dtype=torch.float32).eval()
+    assert verify_gguf(tmp_path / "pruned.gguf", Verifier(dense, [1]))["transformers"]["reload"] == "passed"
+    with pytest.raises(SlebError, match="does not reproduce"):
+        verify_gguf(tmp_path / "pruned.gguf", Verifier(dense, [2]))  # the wrong block bypassed
+    assert not (tmp_path / "pruned.gguf").exists()
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not __import__("sleb.gguf.convert", fromlist=["x"]).find_converter(),
+                    reason="llama.cpp's convert_hf_to_gguf.py not found (set SLEB_LLAMA_CPP, see docs/gguf.md)")
+def test_safetensors_checkpoint_through_llamacpp_converter(tmp_path):
+    """f16 through llama.cpp's own converter: transformers' GGUF reader gives the bypassed dense model's logits."""
+    import json
+
+    from sleb.cli import main
+    from sleb.loading import load_model
+
+    _, _, source = load_model("default")  # the dequantized safetensors copy in the sleb cache
+    from sleb.loading import _gguf_cache_path
+
+    folder = _gguf_cache_path(source)
+    assert main(["remove", str(folder), "--blocks", "5,14,15", "--gguf", "--gguf-type", "f16",
+                 "--out", str(tmp_path / "out"), "-q"]) == 0
+    record = json.loads((tmp_path / "out" / "sleb.json").read_text())["gguf"]
+    assert record["gguf_type"] == "f16" and record["verification"]["transformers"]["reload"] == "passed"
+    reader = GGUFReader(tmp_path / "out" / record["file"])
+    assert reader.fields["llama.block_count"].contents() == 27
+
+
+def test_one_part_of_a_split_gguf_is_refused(tmp_path):
+    write_tiny_gguf(tmp_path / "part.gguf", num_blocks=3, extra={"split.count": (2, GGUFValueType.UINT16)})
+    with pytest.raises(SlebError, match="split GGUF"):
+        write_pruned_gguf(tmp_path / "part.gguf", [1], tmp_path / "out.gguf", progress=False)
+
+
+LLAMA_CPP = pytest.mark.skipif(not __import__("sleb.gguf.verify", fromlist=["x"]).llamacpp_available(),
+                               reason="llama_cpp is not installed")
+
+
+@LLAMA_CPP
+@pytest.mark.parametrize("qtype", ["f32", "q8_0"])
+def test_llamacpp_perplexity_on_the_pruned_file_matches_transformers(tmp_path, qtype):
+    from sleb.gguf.verify import llamacpp_perplexity
+    from sleb.perplexity import perplexity
+
+    write_tiny_gguf(tmp_path / "dense.gguf", num_blocks=5, qtype=qtype)
+    write_pruned_gguf(tmp_path / "dense.gguf", [1, 3], tmp_path / "pruned.gguf", progress=False)
+    windows = torch.randint(0, 128, (2, 64), generator=torch.Generator().manual_seed(5))
+    model = AutoModelForCausalLM.from_pretrained(tmp_path, gguf_file="pruned.gguf", dtype=torch.float32).eval()
+    expected = perplexity(model, windows)["perplexity"]
+    assert llamacpp_perplexity(tmp_path / "pruned.gguf", windows, threads=1) == pytest.approx(expected, rel=0.01)
+
+
+@LLAMA_CPP
+def test_llamacpp_runs_an_architecture_with_per_layer_arrays_after_pruning(tmp_path):
+    """OpenELM: llama.cpp builds each block from its own head counts and feed-forward length."""
+    from sleb.gguf.verify import llamacpp_perplexity
+
+    heads, kv, ffs = [4, 2, 3, 4, 2], [2, 1, 1, 2, 2], [64, 96, 128, 32, 64]
+    write_tiny_openelm(tmp_path / "dense.gguf", heads, kv, ffs)
+    record = write_pruned_gguf(tmp_path / "dense.gguf", [1, 3], tmp_path / "pruned.gguf", progress=False)
+    assert {"openelm.attention.head_count", "openelm.attention.head_count_kv",
+            "openelm.feed_forward_length"} <= set(record["metadata_changed"])
+    write_tiny_openelm(tmp_path / "kept.gguf", heads, kv, ffs, blocks=[0, 2, 4])
+    assert _fields(tmp_path / "kept.gguf") == _fields(tmp_path / "pruned.gguf")
+    assert _tensors(tmp_path / "kept.gguf") == _tensors(tmp_path / "pruned.gguf")
+    windows = torch.randint(0, 128, (1, 32), generator=torch.Generator().manual_seed(5))
+    assert math.isfinite(llamacpp_perplexity(tmp_path / "pruned.gguf", windows, threads=1))
+    # what `llama-quantize --prune-layers` writes (block_count only, arrays left long) does not load
+    write_tiny_openelm(tmp_path / "unsliced.gguf", heads, kv, ffs, blocks=[0, 2, 4], unsliced=True)
+    with pytest.raises(ValueError, match="Failed to load"):
+        llamacpp_perplexity(tmp_path / "unsliced.gguf", windows, threads=1)

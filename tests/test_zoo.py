@@ -454,3 +454,39 @@ def test_loading_by_repository_id_over_the_hub_protocol(run, olah_hub, tmp_path)
     assert lines[-1] == "push: unchanged"  # the Hub copy has the same sleb.json: nothing sent
     snapshot = next((tmp_path / "hf-home" / "hub" / f"models--{ORG}--{name}" / "snapshots").iterdir())
     assert {"config.json", "model.safetensors", "tokenizer.json"} <= {p.name for p in snapshot.iterdir()}
+
+
+def test_a_gguf_is_staged_beside_the_checkpoint_and_its_card_shows_how_to_run_it(run, tmp_path):
+    """`stage` with the GGUF writer's hook: the file, its `sleb.json` entry, the card's llama.cpp and Ollama lines."""
+    from gguf import GGUFReader
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from sleb.gguf.export import GgufExport
+    from sleb.prune import gguf_extras
+    from tests.gguf_files import write_tiny_gguf
+    from zoo.build import stage
+
+    built = run.out / NAMES[0]
+    assert "With llama.cpp or Ollama" not in (built / "README.md").read_text()  # no GGUF base, no converter
+    record = {k: v for k, v in _json(built / "sleb.json").items() if k not in ("verification", "zoo")}
+    results, removed = _json(built / "results.json"), record["removal_order"]
+    write_tiny_gguf(tmp_path / "base.gguf", num_blocks=6)
+    export = GgufExport("base", source=tmp_path / "base.gguf", verify=False, progress=False)
+    results["gguf"] = {"file": export.file_name(6 - len(removed), 6), "type": "F32",
+                       "made_by": "tensors copied from the source GGUF `base.gguf`"}
+    model, tokenizer = AutoModelForCausalLM.from_pretrained(built), AutoTokenizer.from_pretrained(built)
+    folder = tmp_path / "staged"
+
+    def staged() -> bool:
+        return stage(folder, model, tokenizer, record, results, None, gguf_extras(export, removed, 6, None, None))
+
+    assert staged()
+    entry = _json(folder / "sleb.json")["gguf"]
+    assert entry["file"] == results["gguf"]["file"] == f"base-{6 - len(removed)}of6.gguf"
+    assert GGUFReader(folder / entry["file"]).fields["llama.block_count"].contents() == 6 - len(removed)
+    card = (folder / "README.md").read_text()
+    assert f"huggingface-cli download {results['repo_id']} {entry['file']}" in card
+    assert f"llama-cli -m {entry['file']}" in card and f"ollama run hf.co/{results['repo_id']}" in card
+    assert not staged()  # complete: nothing rewritten
+    (folder / entry["file"]).unlink()
+    assert staged() and (folder / entry["file"]).is_file()  # a missing GGUF makes the folder incomplete

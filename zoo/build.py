@@ -35,8 +35,11 @@ from sleb.calibration import CalibrationSpec, build_calibration
 from sleb.data import data_dir
 from sleb.evaluate import evaluate_ppl
 from sleb.fingerprint import weights_fingerprint
+from sleb.gguf import open_gguf
+from sleb.gguf.convert import find_converter
+from sleb.gguf.export import GgufExport, plan_export
 from sleb.loading import DEFAULT_MODEL, load_model, model_device
-from sleb.prune import blocks_for_ratio, find_removal, make_record, parameter_count, versions
+from sleb.prune import blocks_for_ratio, find_removal, gguf_extras, make_record, parameter_count, versions
 from sleb.removal import atomic_dir, remove_blocks, save_checkpoint
 from sleb.verify import Verifier
 
@@ -47,6 +50,7 @@ log = logging.getLogger(__name__)
 
 RESULTS_FORMAT = "sleb-zoo-results/1"
 WEIGHT_FILES = ("*.safetensors", "*.bin")
+ZOO_GGUF_TYPE = "q8_0"  # a converted variant's type: near-lossless, half of f16's size
 
 
 class SkipBase(Exception):
@@ -354,12 +358,37 @@ def build_base(base: Base, variants: list[Variant], out: str | os.PathLike, cach
             "commands": {"zoo": command[variant.name],
                          "prune": prune_command(used, variant, settings, dtype, hw["device"])},
         }
+        export = variant_gguf(source, variant, progress)
+        kept = record["num_blocks"]
+        results["gguf"] = {"file": export.file_name(kept, total), "type": export.gguf_type or source_gguf_type(source),
+                           "made_by": "llama.cpp's converter" if export.converter else "tensors copied from the "
+                           f"source GGUF `{source.gguf_file}`"} if export else None
         folder = Path(out) / variant.name
-        changed = stage(folder, pruned, tokenizer, record, results, verifier)
+        write_gguf = gguf_extras(export, order, total, verifier, tokenizer) if export else None
+        changed = stage(folder, pruned, tokenizer, record, results, verifier, write_gguf)
         built.append(Built(variant, folder, json.loads((folder / "sleb.json").read_text()), results, changed))
         del pruned
         gc.collect()
     return built, failed
+
+
+def variant_gguf(source, variant: Variant, progress: bool):
+    """How a variant gets its `.gguf`: copied from a GGUF base (not healed), else llama.cpp's converter, else None."""
+    if source.gguf_file and not variant.healed:
+        return plan_export(source, progress=progress)
+    converter = find_converter()
+    if converter is None:
+        log.info("%s: no .gguf (llama.cpp's converter not found; see docs/gguf.md)", variant.name)
+        return None
+    return GgufExport(variant.name, converter=converter, gguf_type=ZOO_GGUF_TYPE, progress=progress)
+
+
+def source_gguf_type(source) -> str:
+    """The file type of a GGUF source as llama.cpp names it (e.g. Q4_1), from `general.file_type`."""
+    from gguf import LlamaFileType
+
+    value = open_gguf(Path(source.path) / source.gguf_file).value("general.file_type")
+    return LlamaFileType(value).name.removeprefix("MOSTLY_") if value is not None else "unknown"
 
 
 def heal_variant(dense, pruned, tokenizer, order: list[int], settings: dict, vkey: str, cache: ResultCache,
@@ -394,11 +423,12 @@ def _versions() -> dict:
     return out
 
 
-def stage(folder: Path, pruned, tokenizer, record: dict, results: dict, verifier=None) -> bool:
+def stage(folder: Path, pruned, tokenizer, record: dict, results: dict, verifier=None, write_gguf=None) -> bool:
     """Write the repository folder (all or nothing); False when it is already complete and identical.
 
     With a `verifier` (`sleb.verify.Verifier`) the checkpoint is reloaded and its logits checked before
     the folder is moved into place (a failure leaves nothing), and `sleb.json` records the check.
+    `write_gguf(folder) -> record` (`sleb.prune.gguf_extras`) adds the `.gguf` named in `results["gguf"]`.
     """
     results_text = dump_json(results)
     full_record = {**record, "zoo": {"variant": results["variant"], "repo_id": results["repo_id"],
@@ -406,23 +436,28 @@ def stage(folder: Path, pruned, tokenizer, record: dict, results: dict, verifier
     record_text = dump_json(full_record)
     card_text = str(card.model_card(full_record, json.loads(results_text)))
     wanted = {"sleb.json": record_text, "results.json": results_text, "README.md": card_text}
-    if _complete(folder, wanted):
+    files = [results["gguf"]["file"]] if results.get("gguf") else []
+    if _complete(folder, wanted, files):
         log.info("%s is up to date", folder)
         return False
     with atomic_dir(folder, overwrite=True) as tmp:
         save_checkpoint(pruned, tokenizer, tmp, overwrite=True)
         for name, text in wanted.items():
             (tmp / name).write_text(text, encoding="utf-8")
+        checked = dict(full_record)
         if verifier is not None:
-            checked = {**full_record, "verification": {"config_check": "passed", **verifier(tmp)}}
+            checked["verification"] = {"config_check": "passed", **verifier(tmp)}
+        if write_gguf is not None:
+            checked.update(write_gguf(tmp))
+        if checked != full_record:
             (tmp / "sleb.json").write_text(dump_json(checked), encoding="utf-8")
         card.removal_picture(full_record, tmp / card.PICTURE)
     log.info("Staged %s", folder)
     return True
 
 
-def _complete(folder: Path, wanted: dict[str, str]) -> bool:
-    if not (folder / "config.json").is_file() or not (folder / card.PICTURE).is_file():
+def _complete(folder: Path, wanted: dict[str, str], files: list[str] = ()) -> bool:
+    if not all((folder / name).is_file() for name in ["config.json", card.PICTURE, *files]):
         return False
     if not any(p for pattern in WEIGHT_FILES for p in folder.glob(pattern)):
         return False
@@ -431,8 +466,8 @@ def _complete(folder: Path, wanted: dict[str, str]) -> bool:
         if not path.is_file():
             return False
         found = path.read_text(encoding="utf-8")
-        if name == "sleb.json":  # the record as staged, without the verification added after writing
-            found = dump_json({k: v for k, v in json.loads(found).items() if k != "verification"})
+        if name == "sleb.json":  # the record as staged, without what writing added (verification, gguf)
+            found = dump_json({k: v for k, v in json.loads(found).items() if k not in ("verification", "gguf")})
         if found != text:
             return False
     return True

@@ -201,6 +201,24 @@ def snippet(results: dict) -> str:
     return "\n".join(lines)
 
 
+def gguf_section(results: dict) -> tuple[str, str]:
+    """(text, commands) for running the variant's `.gguf` with llama.cpp and Ollama; empty without one."""
+    gguf = results.get("gguf")
+    if not gguf:
+        return "", ""
+    repo, name = results["repo_id"], gguf["file"]
+    text = (f"`{name}` ({gguf['type']}; {gguf['made_by']}) is this model as one GGUF file, checked before upload: "
+            "transformers' GGUF reader gives the logits of the checkpoint here, and llama.cpp's perplexity agrees "
+            "with transformers' (see `sleb.json`, `gguf`).")
+    prompt = "What is the capital of France?"
+    commands = "\n".join([
+        f"huggingface-cli download {repo} {name} --local-dir .",
+        f'llama-cli -m {name} -p "{prompt}"' + (" -cnv" if results.get("chat_template") else ""),
+        f"ollama run hf.co/{repo}",
+    ])
+    return text, commands
+
+
 def comparison_rows(results: dict) -> list[tuple[str, str, str, str]]:
     """(what, dense, pruned, change) rows: structure, perplexities, accuracies, speed."""
     d, p = results["dense"], results["pruned"]
@@ -362,6 +380,7 @@ def model_card(record: dict, results: dict) -> ModelCard:
     speed = results.get("speed")
     rounds = [{"round": i + 1, "block": r["removed"], "score": f"{r['score']:.2f}"}
               for i, r in enumerate(rounds_of(record))]
+    gguf_text, gguf_commands = gguf_section(results)
     card = ModelCard.from_template(
         card_data(results), template_path=str(TEMPLATE),
         model_name=results["variant"], base_model=results["base_model"], removed_count=k, num_blocks_dense=total,
@@ -376,6 +395,7 @@ def model_card(record: dict, results: dict) -> ModelCard:
         budget_lines=lines, zoo_command=results["commands"]["zoo"], prune_command=results["commands"]["prune"],
         versions_text=", ".join(f"{k} {v}" for k, v in versions.items()),
         healing_rows=healing_rows(results), healing_text=healing_text(results),
+        gguf_text=gguf_text, gguf_commands=gguf_commands,
     )
     return card
 

@@ -52,6 +52,10 @@ def open_gguf(path: str | os.PathLike) -> GgufSource:
     if end > size:
         raise SlebError(f"{path} is truncated: its tensors need {end:,} bytes but the file has {size:,}. "
                         "Download or write it again.")
+    split = reader.fields.get("split.count")
+    if split is not None and int(split.contents()) > 1:
+        raise SlebError(f"{path} is one part of a split GGUF ({split.contents()} files); merge it first with "
+                        "llama.cpp's `llama-gguf-split --merge`.")
     arch_field = reader.fields.get("general.architecture")
     if arch_field is None:
         raise SlebError(f"{path} has no general.architecture key; it is not a model GGUF sleb can prune.")
