@@ -10,7 +10,6 @@ handling, so the two engines answer the same prompt.
 from __future__ import annotations
 
 import hashlib
-import importlib.util
 import logging
 import os
 import threading
@@ -20,6 +19,7 @@ from pathlib import Path
 import torch
 
 from ..errors import SlebError
+from ..gguf.verify import llamacpp_available
 from .base import Engine, GenSettings
 
 log = logging.getLogger(__name__)
@@ -27,10 +27,6 @@ log = logging.getLogger(__name__)
 _WRITING = threading.Lock()  # one pruned file written at a time (the writer's temporary name is per process)
 INSTALL_HINT = ("llama-cpp-python is not installed: `pip install -r requirements.txt` builds it (see "
                 "docs/engines.md for the build flags and what the build costs).")
-
-
-def llamacpp_available() -> bool:
-    return importlib.util.find_spec("llama_cpp") is not None
 
 
 def default_threads() -> int:
