@@ -5,7 +5,9 @@
 Settings come from `SLEB_APP_*` environment variables (see `sleb/demo/models.py`): the
 default model, the calibration budget, the parameter limit for Hub models. Before serving,
 the Hub is probed once (offline mode if it does not answer within 1.5 s) and the default
-model is loaded with its shipped removal order (`SLEB_APP_PRELOAD=0` skips that). With
+model is loaded with its shipped removal order (`SLEB_APP_PRELOAD=0` skips that). Answers and
+perplexities run on llama.cpp for GGUF models where llama-cpp-python is installed, else on
+transformers; `SLEB_APP_ENGINE=torch|llamacpp` chooses (docs/engines.md). With
 `SLEB_APP_HEAL=1` the default pruning is then healed once in a background thread (cached), and
 the healed column shows from then on. The same file is the entry point of the Hugging Face
 Space that `space/deploy.py` builds.

@@ -133,7 +133,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("bench", help="speed, dense vs pruned: `bench DENSE PRUNED` or `bench MODEL --ratio 0.2`")
     _model_args(p)
-    p.add_argument("pruned", nargs="?", help="pruned model folder (else pruned here with --ratio/--num-remove)")
+    p.add_argument("pruned", nargs="?",
+                   help="pruned model folder or .gguf file (else pruned here with --ratio/--num-remove)")
     _budget_args(p, required=False)
     _search_args(p)
     _speed_args(p)
@@ -228,6 +229,9 @@ def _eval_args(p: argparse.ArgumentParser, default_ppl: str = "wikitext2,c4") ->
 
 
 def _speed_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--engine", choices=("torch", "llamacpp"), default="torch",
+                   help="torch (transformers), or llamacpp: two GGUF files, DENSE.gguf PRUNED.gguf (default torch)")
+    p.add_argument("--threads", type=int, help="CPU threads (default: torch's; llama.cpp uses the same)")
     p.add_argument("--prompt-len", type=int, default=512, help="prefill prompt length (default 512)")
     p.add_argument("--decode-batch", type=int, default=8, help="larger decode batch (default 8)")
     p.add_argument("--new-tokens", type=int, default=32, help="tokens generated per decode run (default 32)")
@@ -455,6 +459,24 @@ def _table(rows) -> None:
             sys.stdout.write("  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip() + "\n")
 
 
+def _bench_llamacpp(args) -> int:
+    from .engines.bench import measure_llamacpp_speed
+    from .loading import resolve
+    from .speed import format_speed
+
+    files = [resolve(name) if name else None for name in (args.model, args.pruned)]
+    if not all(source is not None and source.gguf_file for source in files):
+        raise SlebError("bench --engine llamacpp compares two GGUF files: `sleb bench --engine llamacpp DENSE.gguf "
+                        "PRUNED.gguf` (write the pruned one with `sleb remove ... --gguf`).")
+    dense, pruned = (Path(source.path) / source.gguf_file for source in files)
+    figures = measure_llamacpp_speed(dense, pruned, prompt_len=args.prompt_len, new_tokens=args.new_tokens,
+                                     repeats=args.repeats, threads=args.threads)
+    sys.stdout.write(format_speed(figures) + "\n")
+    _write_json(args.json or f"results/bench-llamacpp-{_slug(files[0].name)}.json", figures)
+    sys.stdout.write(json.dumps(figures) + "\n")
+    return 0
+
+
 def cmd_bench(args) -> int:
     import copy
 
@@ -464,6 +486,8 @@ def cmd_bench(args) -> int:
     from .removal import remove_blocks
     from .speed import format_speed, measure_speed
 
+    if args.engine == "llamacpp":
+        return _bench_llamacpp(args)
     dense, tokenizer, source = load_model(args.model, device=args.device, dtype=args.dtype)
     if args.pruned:
         if args.ratio or args.num_remove:
@@ -479,7 +503,7 @@ def cmd_bench(args) -> int:
                               progress=not args.quiet, state_path=args.state, reference=args.reference)
         pruned = remove_blocks(copy.deepcopy(dense), result.removed(counts[0]))
     figures = measure_speed(dense, pruned, tokenizer, prompt_len=args.prompt_len, decode_batch=args.decode_batch,
-                            new_tokens=args.new_tokens, repeats=args.repeats)
+                            new_tokens=args.new_tokens, repeats=args.repeats, threads=args.threads)
     figures["dense_model"], figures["pruned_model"] = source.name, args.pruned or f"{source.name} (pruned here)"
     sys.stdout.write(format_speed(figures) + "\n")
     _write_json(args.json or f"results/bench-{_slug(source.name)}.json", figures)

@@ -230,11 +230,30 @@ def test_bad_input_is_an_error_and_the_app_keeps_serving(app, tiny_model_dir):
 @pytest.mark.slow
 def test_default_model_through_the_app(app):
     status, dense, pruned, _healed, _table, _plot, details = run(app, "default", blocks=1, new_tokens=8,
-                                                                 prompt="What is the capital of France?")
+                                                                 prompt="Which city is the capital of France?")
     assert status == "Done." and "Paris" in dense, dense
     assert pruned, details
     assert details["chat_template"] and details["num_blocks"] == 30 and details["pruned"]["blocks"] == 29
     assert details["dense"]["decode_tok_s"] > 0 and details["pruned"]["decode_tok_s"] > 0
+    # On a CPU with llama.cpp installed, the embedded GGUF runs there, both sides; the table says so.
+    assert details["engine"] == details["dense"]["engine"] == details["pruned"]["engine"] == "llamacpp", details
+    assert "llama.cpp (GGUF)" in _table and details["speedup"]["comparable"]
+
+
+def test_the_engine_is_chosen_once_per_model_and_said(tiny_model_dir, monkeypatch):
+    from sleb.demo.sides import model_engine, resolve_engine
+    from sleb.loading import resolve
+
+    monkeypatch.setenv("SLEB_APP_ENGINE", "torch")
+    assert DemoConfig.from_env().engine == "torch"
+    monkeypatch.setenv("SLEB_APP_ENGINE", "vllm")
+    with pytest.raises(SlebError, match="choose one of auto, torch, llamacpp"):
+        DemoConfig.from_env()
+    assert resolve_engine("auto") == "llamacpp"  # llama-cpp-python is a requirement
+    engine, why = model_engine("llamacpp", resolve(str(tiny_model_dir)))
+    assert engine == "torch" and "GGUF" in why  # a folder of safetensors: both sides on torch
+    assert model_engine("auto", resolve("default"))[0] == "llamacpp"
+    assert model_engine("torch", resolve("default"))[0] == "torch"
 
 
 def test_cached_generation_under_the_switch_equals_uncached(tiny_model_dir):
@@ -356,3 +375,32 @@ def test_space_folder_starts_from_its_own_files_and_answers(tmp_path, tiny_model
         server.terminate()
         server.wait(timeout=60)
         log.close()
+
+
+def test_request_handlers_called_one_by_one(tiny_model_dir):
+    """The Run handler's steps alone: the pruned answer and perplexity are the physically pruned model's."""
+    from sleb.demo.request import answer, details_of, find_order, perplexities, start_request, table_of
+
+    config = tiny_config(tiny_model_dir)
+    store = ModelStore(config)
+    with pytest.raises(SlebError, match="leaves too few"):
+        start_request(config, store, str(tiny_model_dir), "last", 0, 5, "Hello", 6, 0, 0)
+    request = start_request(config, store, str(tiny_model_dir), "last", 0, 2, "The quick brown fox", 8, 0, 0)
+    statuses = list(find_order(config, store, request))
+    assert "must search first" in statuses[0] and request.removed == [4, 3], statuses
+    assert request.ideal["decode"] > 1
+    statuses = list(answer(request))
+    assert statuses[0] == "Dense model answering…" and statuses[-1] == "Pruned model answering…"
+    model, tokenizer, _ = load_model(str(tiny_model_dir), device="cpu")
+    physical = remove_blocks(copy.deepcopy(model), [4, 3])
+    with torch.inference_mode():
+        expected = physical.generate(request.ids, max_new_tokens=8, do_sample=False, pad_token_id=0)
+    assert request.texts["pruned"] == tokenizer.decode(expected[0, request.ids.shape[1]:], skip_special_tokens=True)
+    ppl = perplexities(config, request)
+    windows = token_windows(tokenizer, ppl_text("wikitext2")[0][: 40 * 64 * 2], 64, 2)
+    with torch.inference_mode():
+        nll = [physical(w[None], labels=w[None]).loss.item() for w in windows]
+    assert math.isclose(ppl["pruned"], math.exp(sum(nll) / len(nll)), rel_tol=1e-4)
+    details = details_of(config, request, ppl)
+    assert details["engine"] == "torch" and details["pruned"]["engine"] == "torch" and details["pruned"]["blocks"] == 4
+    assert "transformers (torch)" in table_of(request, ppl)

@@ -249,6 +249,23 @@ def test_every_side_is_timed_over_the_same_number_of_tokens():
     assert waiting["healed"]["tokens_compared"] == 0 and waiting["pruned"]["tokens_compared"] == 10
 
 
+def test_a_side_on_another_engine_is_shown_but_not_compared():
+    """Dense and pruned on llama.cpp, healed on torch: the healed speed ratio is left out and the table says why."""
+    from sleb.demo.engine import GenStats, compare_sides
+    from sleb.demo.report import stats_table
+
+    def side(engine, step):
+        return GenStats(tokens=20, ttft_s=0.1, times=[0.1 + i * step for i in range(20)], engine=engine)
+
+    stats = {"dense": side("llamacpp", 0.02), "pruned": side("llamacpp", 0.015), "healed": side("torch", 0.08)}
+    speed = compare_sides(stats, {"decode": 1.19, "ttft": 1.25})
+    assert speed["pruned"]["comparable"] and not speed["healed"]["comparable"]
+    sides = {name: {"blocks": 30, **s.as_dict()} for name, s in stats.items()}
+    table = stats_table(sides, speed)
+    assert "| engine (what measured the speed) | llama.cpp (GGUF) | llama.cpp (GGUF) | transformers (torch) |" in table
+    assert "**1.33x** (ideal 1.19x)" in table and "– (on torch, dense on another engine)" in table
+
+
 def test_a_healed_checkpoint_that_does_not_fit_is_left_out_and_the_request_answered(healed_checkpoint, tiny_model_dir,
                                                                                    tmp_path, caplog):
     """A checkpoint under the name of 3 removed blocks that has 4 blocks (2 removed): refused once, logged."""

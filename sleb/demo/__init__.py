@@ -3,6 +3,8 @@
 - `models`: settings (`DemoConfig`), per-model defaults, size checks before loading, the model cache.
 - `engine`: removal orders (shipped, zoo, or searched with a cost estimate), streamed generation with
   per-token timings, fair speed comparison, perplexity, `prepare` before serving; no UI.
+- `sides`: which engine (`sleb.engines`: torch or llama.cpp) runs a model's sides; `SLEB_APP_ENGINE`.
+- `request`: the Run handler's steps, one small function each (input, order, healed, answers, perplexity, report).
 - `healed`: the healed column's checkpoint (healed folder, zoo, Hub, sleb cache), loaded once beside its
   dense model; `heal_in_background` makes one at start (`SLEB_APP_HEAL=1`).
 - `online`: one quick probe of the Hub, remembered (offline mode otherwise).

@@ -17,17 +17,18 @@ from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass, field, replace
 
 import torch
-from transformers.generation.streamers import BaseStreamer
 
 from ..calibration import CalibrationSpec, model_context
+from ..engines import Engine, GenSettings
 from ..errors import SlebError
 from ..evaluate import ppl_text
 from ..orders import find_order
-from ..perplexity import perplexity, token_windows
+from ..perplexity import token_windows
 from ..prune import METHODS, find_removal, search_key, state_dir
 from ..search import SearchResult, SearchState
 from ..speed import decode_flops, prefill_flops
 from .models import DemoConfig, LoadedModel, ModelStore
+from .sides import side_engine
 
 log = logging.getLogger(__name__)
 
@@ -152,16 +153,6 @@ def removal_steps(store: ModelStore, entry: LoadedModel, method: str, k: int,
 
 
 @dataclass
-class GenSettings:
-    """Decoding settings, the same for both sides: greedy when temperature is 0, else seeded sampling."""
-
-    max_new_tokens: int = 64
-    temperature: float = 0.0
-    top_p: float = 0.95
-    seed: int = 0
-
-
-@dataclass
 class GenStats:
     """Measured on one side: tokens, time to first token, decode speed (after the first token), total time.
 
@@ -175,6 +166,7 @@ class GenStats:
     total_s: float | None = None
     wait_s: float = 0.0  # waiting for the model (another user's run)
     done: bool = False
+    engine: str = ""  # what measured it: torch or llamacpp
     times: list[float] = field(default_factory=list, repr=False)
 
     def as_dict(self) -> dict:
@@ -204,69 +196,36 @@ def encode_prompt(entry: LoadedModel, prompt: str, max_tokens: int, max_new_toke
     return ids
 
 
-class _QueueStreamer(BaseStreamer):
-    """Puts each new token on a queue with its time; the first `put` (the prompt) is skipped."""
-
-    def __init__(self, events: queue.Queue):
-        self.events = events
-        self.prompt_seen = False
-
-    def put(self, value):
-        if not self.prompt_seen:
-            self.prompt_seen = True
-            return
-        self.events.put(("token", value.reshape(-1).tolist(), time.perf_counter()))
-
-    def end(self):
-        self.events.put(("end", None, time.perf_counter()))
-
-
-class _StopOnEvent:
-    """A stopping criterion: stop when the event is set (the user pressed Stop or left)."""
-
-    def __init__(self, event: threading.Event):
-        self.event = event
-
-    def __call__(self, input_ids, scores, **kwargs):
-        return torch.full((input_ids.shape[0],), self.event.is_set(), dtype=torch.bool, device=input_ids.device)
-
-
-def _generate(entry: LoadedModel, input_ids: torch.Tensor, removed: Sequence[int], settings: GenSettings,
-              stop: threading.Event, events: queue.Queue) -> None:
-    from transformers import StoppingCriteriaList
-
-    tokenizer = entry.tokenizer
-    pad = entry.model.generation_config.pad_token_id
-    pad = pad if pad is not None else (tokenizer.pad_token_id if tokenizer.pad_token_id is not None
-                                       else tokenizer.eos_token_id)
-    sampling = ({"do_sample": True, "temperature": settings.temperature, "top_p": settings.top_p}
-                if settings.temperature > 0 else {"do_sample": False})
+def _generate(engine: Engine, ids: list[int], settings: GenSettings, stop: threading.Event,
+              events: queue.Queue) -> None:
+    """The worker: holds the engine's lock, and puts each new token on the queue with its arrival time."""
     try:
-        with entry.lock:
+        with engine.lock:
             events.put(("start", None, time.perf_counter()))
-            if settings.temperature > 0:
-                torch.manual_seed(settings.seed)
-            with entry.switch.state(skip=removed), torch.inference_mode():
-                entry.model.generate(
-                    input_ids=input_ids, attention_mask=torch.ones_like(input_ids),
-                    max_new_tokens=settings.max_new_tokens, streamer=_QueueStreamer(events),
-                    stopping_criteria=StoppingCriteriaList([_StopOnEvent(stop)]), pad_token_id=pad, **sampling)
+            engine.generate(ids, settings, stop, lambda new: events.put(("token", new, time.perf_counter())))
+            events.put(("end", None, time.perf_counter()))
     except Exception as exc:  # handed to the caller's thread, which raises it
         events.put(("error", exc, time.perf_counter()))
 
 
-def stream_generate(entry: LoadedModel, input_ids: torch.Tensor, removed: Sequence[int] = (),
-                    settings: GenSettings | None = None,
-                    stop: threading.Event | None = None) -> Iterator[tuple[str, GenStats]]:
-    """Generate with `removed` blocks bypassed, yielding (text so far, stats) per token, then once finished."""
+def stream_generate(entry: LoadedModel, input_ids, removed: Sequence[int] = (), settings: GenSettings | None = None,
+                    stop: threading.Event | None = None,
+                    engine: Engine | None = None) -> Iterator[tuple[str, GenStats]]:
+    """Generate with `removed` blocks gone, yielding (text so far, stats) per token, then once finished.
+
+    Runs on `engine`, by default the model's own for that removal (`sides.side_engine`), in a
+    worker thread that holds the engine's lock; the text is decoded by the model's tokenizer.
+    """
     settings = settings or GenSettings()
     stop = stop or threading.Event()
+    engine = engine or side_engine(entry, removed)
+    ids = [int(i) for i in torch.as_tensor(input_ids).reshape(-1).tolist()]
     events: queue.Queue = queue.Queue()
-    worker = threading.Thread(target=_generate, args=(entry, input_ids, list(removed), settings, stop, events),
-                              daemon=True, name="sleb-generate")
+    worker = threading.Thread(target=_generate, args=(engine, ids, settings, stop, events), daemon=True,
+                              name="sleb-generate")
     requested = time.perf_counter()
     worker.start()
-    stats, ids = GenStats(), []
+    stats, new = GenStats(engine=engine.name), []
     start = first = last = requested
     try:
         while True:
@@ -277,19 +236,19 @@ def stream_generate(entry: LoadedModel, input_ids: torch.Tensor, removed: Sequen
                 start = at
                 stats.wait_s = at - requested
             elif kind == "token":
-                ids += value
+                new += value
                 if stats.tokens == 0:
                     first = at
                     stats.ttft_s = at - start
-                last, stats.tokens = at, len(ids)
+                last, stats.tokens = at, len(new)
                 stats.times += [at - start] * len(value)
-                yield entry.tokenizer.decode(ids, skip_special_tokens=True), stats
+                yield entry.tokenizer.decode(new, skip_special_tokens=True), stats
             elif kind == "end":
                 stats.total_s = at - start
                 if stats.tokens > 1 and last > first:
                     stats.decode_tok_s = (stats.tokens - 1) / (last - first)
                 stats.done = True
-                yield entry.tokenizer.decode(ids, skip_special_tokens=True), stats
+                yield entry.tokenizer.decode(new, skip_special_tokens=True), stats
                 return
     finally:
         stop.set()  # the caller stopped reading (Stop, or an error): end the worker early
@@ -329,11 +288,13 @@ def compare_sides(stats: dict[str, GenStats], ideal: dict | None = None) -> dict
 
     That number is the shortest answer's length among all sides (dense, pruned, healed), so no
     side is timed on more tokens than another; a side not started yet (while others stream) has
-    no figures and does not hold the others back.
+    no figures and does not hold the others back. A side measured on another engine than dense
+    (the healed column on torch beside llama.cpp) is marked `comparable: False`.
     """
     n = min((len(s.times) for s in stats.values() if s.times), default=0)
     dense = replace(stats["dense"], times=stats["dense"].times[:n])
-    return {name: compare_speed(dense, replace(side, times=side.times[:n]), ideal)
+    return {name: {**compare_speed(dense, replace(side, times=side.times[:n]), ideal), "engine": side.engine,
+                   "comparable": side.engine == dense.engine}
             for name, side in stats.items() if name != "dense"}
 
 
@@ -351,7 +312,7 @@ def ideal_speedup(entry: LoadedModel, removed: Sequence[int], prompt_tokens: int
 
 
 def perplexity_of(entry: LoadedModel, removed: Sequence[int], config: DemoConfig) -> dict:
-    """WikiText-2 perplexity on the first few windows, with `removed` bypassed; cached per removed set."""
+    """WikiText-2 perplexity on the first few windows without `removed`, on the model's engine; cached per set."""
     key = tuple(sorted(removed))
     if key in entry.ppl:
         return entry.ppl[key]
@@ -362,9 +323,10 @@ def perplexity_of(entry: LoadedModel, removed: Sequence[int], config: DemoConfig
         windows = token_windows(entry.tokenizer, text[: 40 * seqlen * config.ppl_windows], seqlen, config.ppl_windows)
         entry.ppl_windows = (windows, source)
     windows, source = entry.ppl_windows
-    with entry.lock, entry.switch.state(skip=key):
-        result = perplexity(entry.model, windows)
-    entry.ppl[key] = {**result, "data": f"wikitext2 test ({source})"}
+    engine = side_engine(entry, key)
+    with engine.lock:
+        result = engine.perplexity(windows)
+    entry.ppl[key] = {**result, "data": f"wikitext2 test ({source})", "engine": engine.name}
     return entry.ppl[key]
 
 

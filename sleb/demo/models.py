@@ -34,6 +34,7 @@ from ..orders import model_defaults, order_name
 from ..search import SearchResult
 from ..speed import matmul_params
 from .online import hub_online
+from .sides import model_engine, resolve_engine
 from .turns import Turns
 from .zoo import ZooOrders, ZooVariant, load_zoo
 
@@ -85,6 +86,7 @@ class DemoConfig:
     preload: bool = False  # load the default model (and its default order's perplexity) before serving
     heal_spec: HealSpec = field(default_factory=app_heal_spec)  # healed checkpoints looked up in the sleb cache
     heal_at_start: bool = False  # heal the default pruning once, in the background, after preloading (SLEB_APP_HEAL)
+    engine: str = "auto"  # SLEB_APP_ENGINE: auto (llama.cpp where installed, for GGUF models), torch, llamacpp
 
     @classmethod
     def from_env(cls) -> DemoConfig:
@@ -103,7 +105,8 @@ class DemoConfig:
                    allow_local_paths=env.get("SLEB_APP_LOCAL_PATHS", "1") != "0",
                    healed_dir=Path(env["SLEB_APP_HEALED_DIR"]) if env.get("SLEB_APP_HEALED_DIR") else None,
                    preload=env.get("SLEB_APP_PRELOAD", "1") != "0",
-                   heal_at_start=env.get("SLEB_APP_HEAL", "0") not in ("", "0"))
+                   heal_at_start=env.get("SLEB_APP_HEAL", "0") not in ("", "0"),
+                   engine=resolve_engine(env.get("SLEB_APP_ENGINE", "auto")))
 
     def calibration_text(self) -> str:
         spec = self.calibration
@@ -201,6 +204,10 @@ class LoadedModel:
     flop_counts: dict = field(default_factory=dict)  # matmul weights per part (sleb.speed), for ideal speedups
     healed: object = None  # the healed checkpoint in memory beside this model (`healed.HealedModel`), at most one
     healed_lock: threading.Lock = field(default_factory=threading.Lock)  # one healed load at a time
+    engine_name: str = "torch"  # what runs both sides' answers and perplexities (`sides`)
+    engine_note: str = ""  # why that engine
+    engines: dict = field(default_factory=dict)  # removed blocks -> llama.cpp engine, kept for reuse (`sides`)
+    engines_lock: threading.Lock = field(default_factory=threading.Lock)
 
     @contextmanager
     def turn(self) -> Iterator[None]:
@@ -213,8 +220,9 @@ class LoadedModel:
             self.turns.give_back(ticket)
 
     def release(self) -> None:
-        """Drop what hangs on this model (its healed model), so that it is freed with it."""
+        """Drop what hangs on this model (its healed model, its llama.cpp engines), so that it is freed with it."""
         self.healed = None
+        self.engines.clear()
 
     def has_calibration(self, spec: CalibrationSpec) -> bool:
         return repr(spec) in self._calibration
@@ -366,11 +374,13 @@ class ModelStore:
         if params > self.config.max_params:
             raise SlebError(f"{name} has about {params / 1e9:.1f}B parameters; this demo loads models up to "
                             f"{self.config.max_params / 1e9:.1f}B. Pick a smaller model.")
+        engine = model_engine(self.config.engine, source)  # an unusable choice fails before the weights load
         model, tokenizer, source = load_model(name, device="cpu")
-        return loaded_model(name, model, tokenizer, source)
+        return loaded_model(name, model, tokenizer, source, engine)
 
 
-def loaded_model(name: str, model, tokenizer, source: ModelSource) -> LoadedModel:
+def loaded_model(name: str, model, tokenizer, source: ModelSource,
+                 engine: tuple[str, str] = ("torch", "transformers")) -> LoadedModel:
     """A model ready to serve: warmed up, its forward speed measured, its blocks behind a `BlockSwitch`."""
     layout = find_blocks(model)
     with torch.inference_mode():  # warm-up, so the first user's timings are not a cold start
@@ -382,7 +392,8 @@ def loaded_model(name: str, model, tokenizer, source: ModelSource) -> LoadedMode
         forward_tok_s = ids.numel() / max(time.perf_counter() - start, 1e-6)
     switch = BlockSwitch(layout.blocks)
     switch.__enter__()  # bypass by flag for the model's lifetime here; restored only with the model
-    log.info("Loaded %s: %d blocks (%s), forward %.0f tokens/s", name, len(layout.blocks), layout.block_class,
-             forward_tok_s)
+    log.info("Loaded %s: %d blocks (%s), forward %.0f tokens/s; answers on %s", name, len(layout.blocks),
+             layout.block_class, forward_tok_s, engine[1])
     return LoadedModel(name=name, model=model, tokenizer=tokenizer, source=source, layout=layout, switch=switch,
-                       forward_tok_s=forward_tok_s, flop_counts=matmul_params(model))
+                       forward_tok_s=forward_tok_s, flop_counts=matmul_params(model), engine_name=engine[0],
+                       engine_note=engine[1])

@@ -9,6 +9,7 @@ from matplotlib.patches import Rectangle
 from ..search import SearchResult
 
 KEPT, REMOVED, BARRIER = "#cfe3f7", "#e4572e", "#d9d9d9"
+ENGINE_LABELS = {"torch": "transformers (torch)", "llamacpp": "llama.cpp (GGUF)"}
 SCORE_LABELS = {
     "sleb": "calibration NLL / token\nafter the round",
     "oneshot-ppl": "calibration NLL / token\nwith the block alone bypassed",
@@ -114,12 +115,15 @@ def stats_table(sides: dict[str, dict], speeds: dict[str, dict]) -> str:
         speed = speeds.get(name)
         if not speed:
             return "1x (reference)"
+        if not speed.get("comparable", True):
+            return f"– (on {speed.get('engine')}, dense on another engine)"
         measured, ideal = speed.get(key), (speed.get("ideal") or {}).get(key)
         text = f"**{measured:.2f}x**" if measured else "–"
         return text + (f" (ideal {ideal:.2f}x)" if ideal else "")
 
     lines = [
         "| | " + " | ".join(names) + " |", "|---" * (len(names) + 1) + "|",
+        row("engine (what measured the speed)", "engine", lambda v: ENGINE_LABELS.get(v, v or "–")),
         row("blocks", "blocks", lambda v: "–" if v is None else str(v)),
         row("parameters", "parameters", lambda v: "–" if v is None else f"{v / 1e6:,.1f}M"),
         row("new tokens", "tokens", lambda v: "–" if v is None else str(v)),

@@ -1,13 +1,15 @@
 """The Gradio page: pick a model, a method and how much to prune, and compare dense and pruned side by side.
 
-`build_demo(config)` returns the Blocks; the handlers are thin: they call `engine` and turn
+`build_demo(config)` returns the Blocks; the handlers are thin: the Run handler strings together
+the steps of `request` (each callable alone) and turns
 `SlebError` (and anything unexpected) into a `gr.Error` that says what to do, so one
 user's mistake never stops the app for the others. Visitors take turns on a model, first
 come first served, and see their place in the line while they wait.
 
 The healed column: where a healed checkpoint of the current pruning exists (`healed`), the
 third answer box (`#healed`, hidden otherwise) shows its answer, and the table and details
-its speed and perplexity beside dense and pruned.
+its speed and perplexity beside dense and pruned. It runs on torch even where dense and pruned run
+on llama.cpp (see `request.HEALED_ENGINE_NOTE`), and its speed is then not compared.
 """
 
 from __future__ import annotations
@@ -18,24 +20,10 @@ import gradio as gr
 
 from ..errors import SlebError
 from ..prune import METHODS
-from .engine import (
-    EARLY_BARRIER,
-    LATTER_BARRIER,
-    GenSettings,
-    GenStats,
-    blocks_to_remove,
-    compare_sides,
-    encode_prompt,
-    ideal_speedup,
-    perplexity_of,
-    plan_text,
-    removal_steps,
-    search_plan,
-    stream_generate,
-)
-from .healed import find_healed, healed_model
+from .engine import EARLY_BARRIER, LATTER_BARRIER, blocks_to_remove, plan_text, search_plan
 from .models import DemoConfig, ModelStore
-from .report import removal_figure, stats_table
+from .report import removal_figure
+from .request import Request, answer, attach_healed, details_of, find_order, perplexities, start_request, table_of
 
 log = logging.getLogger(__name__)
 
@@ -49,15 +37,16 @@ METHOD_LABELS = {
 }
 EXAMPLES = [
     "Explain in two sentences why the sky is blue.",
-    "What is the capital of France?",
+    "Which city is the capital of France?",
     "Write a haiku about autumn leaves.",
     "Give me three tips for learning to program.",
 ]
 TRACK_TQDM = gr.Progress(track_tqdm=True)  # shows find_removal's progress bars in the page
 INTRO = """# SLEB: dense vs pruned, side by side
 Remove whole transformer blocks with [SLEB](https://arxiv.org/abs/2402.09025) (or a baseline) and compare the
-pruned model with the dense one on the same prompt and decoding settings. The pruned model shares the dense
-model's weights: its removed blocks are bypassed, nothing is copied."""
+pruned model with the dense one on the same prompt and decoding settings, both on the same engine: on
+llama.cpp (GGUF models, the default on a CPU) the pruned model is the GGUF without its removed blocks, written
+once; on transformers it shares the dense model's weights and its removed blocks are bypassed."""
 
 
 def _user_error(exc: Exception) -> gr.Error:
@@ -67,129 +56,77 @@ def _user_error(exc: Exception) -> gr.Error:
     return gr.Error(f"Something went wrong ({type(exc).__name__}: {exc}). Try another model or setting.")
 
 
-def _side(blocks: int, parameters: int | None, stats: GenStats, ppl=None) -> dict:
-    return {"blocks": blocks, "parameters": parameters, **stats.as_dict(), "perplexity": ppl}
-
-
 def _ordinal(n: int) -> str:
     return f"{n}{'th' if 10 <= n % 100 <= 20 else {1: 'st', 2: 'nd', 3: 'rd'}.get(n % 10, 'th')}"
 
 
-def make_run(config: DemoConfig, store: ModelStore):
-    """The Run handler: a generator streaming (status, dense, pruned, healed, table, figure, details).
+class _Page:
+    """The outputs of one run: (status, dense, pruned, healed, table, figure, details).
 
     The healed box is shown where a healed checkpoint of this pruning exists, hidden otherwise:
     an update says so when that changes (on the first yield, and when the checkpoint is loaded),
     every other yield is plain text, so an API client's final answer is a string like the others.
     """
 
-    def run(model, method, percent, blocks, prompt, max_new_tokens, temperature, seed,
-            progress=TRACK_TQDM):
-        texts = {"dense": "", "pruned": "", "healed": ""}
-        stats = {"dense": GenStats(), "pruned": GenStats()}
-        removed: list[int] = []
-        tickets: list[int] = []
-        entry = healed = None
-        shown = []  # the box's visibility as last sent
+    def __init__(self):
+        self.request: Request | None = None
+        self.shown: list[bool] = []  # the box's visibility as last sent
 
-        def healed_box():
-            visible = healed is not None
-            if shown[-1:] == [visible]:
-                return texts["healed"]
-            shown.append(visible)
-            return gr.update(value=texts["healed"], visible=visible)
+    def healed_box(self):
+        request = self.request
+        text, visible = (request.texts["healed"], request.healed is not None) if request else ("", False)
+        if self.shown[-1:] == [visible]:
+            return text
+        self.shown.append(visible)
+        return gr.update(value=text, visible=visible)
 
-        def out(status, table=""):
-            return status, texts["dense"], texts["pruned"], healed_box(), table, gr.skip(), gr.skip()
+    def out(self, status: str, table: str = "", figure=None, details=None):
+        texts = self.request.texts if self.request else {"dense": "", "pruned": ""}
+        return (status, texts["dense"], texts["pruned"], self.healed_box(), table,
+                gr.skip() if figure is None else figure, gr.skip() if details is None else details)
 
-        def side_of(name, ppl=None):
-            if name == "healed":
-                return {**_side(healed.entry.num_blocks, healed.entry.parameters(), stats[name], ppl),
-                        **healed.checkpoint.details()}
-            gone = removed if name == "pruned" else []
-            return _side(entry.num_blocks - len(gone), entry.parameters(gone), stats[name], ppl)
 
-        def table():
-            return stats_table({name: side_of(name) for name in stats}, compare_sides(stats, ideal))
+def _wait_turn(page: _Page, ticket: int, what: str):
+    for place, length in page.request.entry.turns.waiting(ticket):
+        yield page.out(f"Waiting for the model ({what}): you are {_ordinal(place - 1)} in line behind the "
+                       f"running request ({length} in all)…")
 
-        def wait_turn(what):
-            ticket = entry.turns.take()
-            tickets.append(ticket)
-            for place, length in entry.turns.waiting(ticket):
-                yield out(f"Waiting for the model ({what}): you are {_ordinal(place - 1)} in line behind the "
-                          f"running request ({length} in all)…")
 
+def make_run(config: DemoConfig, store: ModelStore):
+    """The Run handler: a generator streaming (status, dense, pruned, healed, table, figure, details).
+
+    It strings together the steps of `request` (each a function a test can call alone) and
+    turns any error into a `gr.Error` that says what to do.
+    """
+
+    def run(model, method, percent, blocks, prompt, max_new_tokens, temperature, seed, progress=TRACK_TQDM):
+        page, tickets = _Page(), []
         try:
-            yield out("Loading the model…")
-            entry = store.get(model)
-            settings = GenSettings(max_new_tokens=max(1, min(int(max_new_tokens or 1), config.max_new_tokens)),
-                                   temperature=float(temperature or 0), seed=int(seed or 0))
-            k = blocks_to_remove(entry.num_blocks, (percent or 0) / 100, blocks, config.max_ratio)
-            ids = encode_prompt(entry, prompt, config.max_prompt_tokens, settings.max_new_tokens)
-            ideal = None
-            plan = search_plan(store, entry, method, k, config.calibration)
-            result, source = None, plan["source"]
-            if plan["rounds"]:
-                # Said before it starts; every round takes a turn, so other visitors' answers run in between.
-                yield out(plan_text(plan, method, k))
-                for step in removal_steps(store, entry, method, k, config.calibration):
-                    progress((step.done, step.total), desc=f"{method}: {step.done} of {step.total} blocks chosen")
-                    result, source = step.result, step.source
-                    yield out(f"{plan_text(plan, method, k)}\n\nSearching: {step.done} of {step.total} blocks "
-                              "chosen…")
-            elif k:
-                *_, last = removal_steps(store, entry, method, k, config.calibration)
-                result, source = last.result, last.source
-            removed = result.removed(k) if k else []
-            ideal = ideal_speedup(entry, removed, int(ids.shape[1]), settings.max_new_tokens)
-            checkpoint = find_healed(store, entry, method, k, removed)
-            if checkpoint is not None:
-                yield out(f"Loading the healed model ({checkpoint.source})…")
-                healed = healed_model(store, entry, checkpoint, k)
-                if healed is not None:
-                    stats["healed"] = GenStats()
-
+            yield page.out("Loading the model…")
+            page.request = request = start_request(config, store, model, method, percent, blocks, prompt,
+                                                   max_new_tokens, temperature, seed)
+            for status in find_order(config, store, request, progress):
+                yield page.out(status)
+            for status in attach_healed(store, request):
+                yield page.out(status)
             # One turn for all answers: the visitor's answers (dense, pruned, healed) are timed back to back.
-            yield from wait_turn("answers")
-            for texts["dense"], stats["dense"] in stream_generate(entry, ids, (), settings):
-                yield out("Dense model answering…", table())
-            for texts["pruned"], stats["pruned"] in stream_generate(entry, ids, removed, settings):
-                yield out("Pruned model answering…", table())
-            if healed is not None:  # its own model and lock; in this turn, like the others
-                for texts["healed"], stats["healed"] in stream_generate(healed.entry, ids, (), settings):
-                    yield out("Healed model answering…", table())
-            ppl = {}
-            runs = [("dense", entry, []), ("pruned", entry, removed)]
-            for name, model_entry, skip in runs + ([("healed", healed.entry, [])] if healed else []):
-                try:
-                    ppl[name] = round(perplexity_of(model_entry, skip, config)["perplexity"], 3)
-                except SlebError as exc:
-                    ppl[name] = f"n/a: {exc}"
-            entry.turns.give_back(tickets.pop())
+            tickets.append(request.entry.turns.take())
+            yield from _wait_turn(page, tickets[-1], "answers")
+            for status in answer(request):
+                yield page.out(status, table_of(request))
+            ppl = perplexities(config, request)
+            request.entry.turns.give_back(tickets.pop())
             # Drawn after the turn: rendering the picture must not hold up the next visitor.
-            figure = removal_figure(result, k, entry.num_blocks, (EARLY_BARRIER, LATTER_BARRIER),
-                                    f"{entry.name}: {k} of {entry.num_blocks} blocks removed by {method} ({source})")
-            sides = {name: side_of(name, ppl[name]) for name in stats}
-            speed = compare_sides(stats, ideal)
-            note = ""
-            if healed is not None and healed.checkpoint.removed and set(healed.checkpoint.removed) != set(removed):
-                note = (f"\n\n*The healed checkpoint removed blocks {healed.checkpoint.removed} (its own order), the "
-                        f"pruned side {removed}: the same count, so the same size and ideal speed.*")
-            healed_details = {"healed_speedup": speed["healed"]} if healed is not None else {}
-            details = {
-                "model": entry.name, "base_model": entry.base_id, "method": method, "num_blocks": entry.num_blocks,
-                "removed": removed, "order_source": source, **sides, "speedup": speed["pruned"], **healed_details,
-                "prompt_tokens": int(ids.shape[1]), "chat_template": entry.is_chat,
-                "decoding": vars(settings), "calibration": config.calibration_text(),
-                "perplexity_data": f"WikiText-2 test, first {config.ppl_windows} windows of {config.ppl_seqlen} tokens",
-            }
-            yield ("Done.", texts["dense"], texts["pruned"], healed_box(), stats_table(sides, speed) + note, figure,
-                   details)
+            entry, k = request.entry, request.k
+            figure = removal_figure(request.result, k, entry.num_blocks, (EARLY_BARRIER, LATTER_BARRIER),
+                                    f"{entry.name}: {k} of {entry.num_blocks} blocks removed by {method} "
+                                    f"({request.source})")
+            yield page.out("Done.", table_of(request, ppl), figure, details_of(config, request, ppl))
         except Exception as exc:
             raise _user_error(exc) from exc
         finally:  # also when cancelled (Stop): Gradio closes the generator, and the next visitor goes on
             for ticket in tickets:
-                entry.turns.give_back(ticket)
+                page.request.entry.turns.give_back(ticket)
 
     return run
 

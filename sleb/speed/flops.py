@@ -70,3 +70,35 @@ def decode_flops(counts: dict, prompt_len: int, steps: int) -> int:
 def params_flops_per_token(counts: dict) -> int:
     """2 x (blocks + other + head) matmul weights: FLOPs per token without the attention term."""
     return 2 * (counts["blocks"] + counts["other"] + counts["head"])
+
+
+def gguf_matmul_params(path) -> dict:
+    """`matmul_params` of a GGUF file, from its tensor shapes and metadata alone (no weights read).
+
+    A tensor of two or more dimensions costs a multiply-add per token: `blk.N.*` ones count as
+    blocks, `output.weight` as the head (`token_embd.weight` when the head is tied to it), the
+    rest as other; the embedding lookup is free. The attention width is heads x key length.
+    """
+    from ..gguf import open_gguf
+
+    src = open_gguf(path)
+    parts = {"blocks": 0, "head": 0, "other": 0}
+    embedding = 0
+    for tensor in src.reader.tensors:
+        if len(tensor.shape) < 2:
+            continue
+        n = int(tensor.n_elements)
+        if src.block_of(tensor.name) is not None:
+            parts["blocks"] += n
+        elif tensor.name == "output.weight":
+            parts["head"] = n
+        elif tensor.name == "token_embd.weight":
+            embedding = n
+        else:
+            parts["other"] += n
+    parts["head"] = parts["head"] or embedding
+    heads = src.value(f"{src.arch}.attention.head_count") or 0
+    heads = max(heads) if isinstance(heads, list) else int(heads)  # per-layer counts: the widest
+    head_dim = src.value(f"{src.arch}.attention.key_length") or (
+        int(src.value(f"{src.arch}.embedding_length") or 0) // heads if heads else 0)
+    return {**parts, "num_blocks": src.block_count, "attention_width": int(heads * head_dim)}

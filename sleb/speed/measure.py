@@ -154,18 +154,21 @@ def _model_figures(model, samples: dict, memory: tuple[float, float], cuda: bool
     return r
 
 
-def _speedups(result: dict, runs: dict) -> None:
-    """Ideal (FLOP-ratio) speedups, measured speedups, their ratio, and paired speedups, into `result`."""
-    ideal = {
-        "prefill": result["dense_prefill_flops"] / result["pruned_prefill_flops"],
-        "decode_b1": result["dense_decode_b1_flops_per_token"] / result["pruned_decode_b1_flops_per_token"],
-        "decode_batch": result["dense_decode_batch_flops_per_token"] / result["pruned_decode_batch_flops_per_token"],
-    }
+def add_speedups(result: dict, runs: dict) -> None:
+    """Ideal (FLOP-ratio) speedups, measured speedups, their ratio, and paired speedups, into `result`.
+
+    Only the figures present are compared (the llama.cpp benchmark has no TTFT or batch decode).
+    """
+    ideal = {"prefill": result["dense_prefill_flops"] / result["pruned_prefill_flops"]}
+    for kind in ("b1", "batch"):
+        if f"dense_decode_{kind}_flops_per_token" in result:
+            ideal[f"decode_{kind}"] = (result[f"dense_decode_{kind}_flops_per_token"]
+                                       / result[f"pruned_decode_{kind}_flops_per_token"])
     for key, value in ideal.items():
         result[f"ideal_speedup_{key}"] = value
     result["ideal_speedup_params"] = result["dense_flops_per_token_params"] / result["pruned_flops_per_token_params"]
     for key, ideal_key in IDEAL_OF.items():
-        if key == "ttft":
+        if key == "ttft" and "dense_ttft_s" in result:
             speedup = result["dense_ttft_s"] / result["pruned_ttft_s"]
         elif f"dense_{key}_tok_s" in result:
             speedup = result[f"pruned_{key}_tok_s"] / result[f"dense_{key}_tok_s"]
@@ -174,8 +177,9 @@ def _speedups(result: dict, runs: dict) -> None:
         result[f"speedup_{key}"] = speedup
         result[f"fidelity_{key}"] = speedup / ideal[ideal_key]  # measured / ideal
     for key, samples in PAIRED.items():  # samples taken back to back: dense, then pruned
-        ratios = [a / b for a, b in zip(runs["dense"][samples], runs["pruned"][samples], strict=True)]
-        result[f"paired_speedup_{key}"] = statistics.median(ratios)
+        if samples in runs["dense"]:
+            ratios = [a / b for a, b in zip(runs["dense"][samples], runs["pruned"][samples], strict=True)]
+            result[f"paired_speedup_{key}"] = statistics.median(ratios)
 
 
 def _memory_note(cuda: bool) -> str:
@@ -243,7 +247,7 @@ def measure_speed(dense: nn.Module, pruned: nn.Module, tokenizer=None, *, prompt
         figures = _model_figures(model, runs[name], memory[name], cuda, prompt_len, steps, batch, prefill_mode,
                                  generate_check)
         result.update({f"{name}_{key}": value for key, value in figures.items()})
-    _speedups(result, runs)
+    add_speedups(result, runs)
     result["memory_note"] = _memory_note(cuda)
     result["runs"] = runs
     return result

@@ -37,26 +37,42 @@ def format_speed(result: dict) -> str:
             f"{_fmt(result['pruned_' + suffix], unit):>14} {result['speedup_' + key]:>7.3f}x "
             f"{result['ideal_speedup_' + ideal_key]:>6.3f}x {result['fidelity_' + key]:>10.3f}"
             + (f" {result['paired_speedup_' + key]:>6.3f}x" if f"paired_speedup_{key}" in result else ""))
+    lines += _memory_lines(result)
+    lines.append(f"{'blocks / parameters':40} {result['dense_blocks']:>4} / {result['dense_params'] / 1e6:6.1f}M "
+                 f"{result['pruned_blocks']:>4} / {result['pruned_params'] / 1e6:6.1f}M")
+    lines.append(_settings_line(result))
+    return "\n".join(lines)
+
+
+def _memory_lines(result: dict) -> list[str]:
     mib = 2**20
-    if "dense_peak_cuda_allocated_bytes" in result:
-        memory = [("peak CUDA allocated (both models)", "peak_cuda_allocated_bytes"),
-                  ("  of which this model's run", "peak_cuda_over_baseline_bytes")]
+    if "dense_file_bytes" in result:  # llama.cpp: the GGUF files
+        memory = [("GGUF file", "file_bytes")]
     else:
-        memory = [("peak process RSS (both models)", "peak_rss_bytes"),
-                  ("  over baseline (this model's run)", "peak_rss_over_baseline_bytes")]
-    memory = [("model (params + buffers)", "model_bytes"), *memory,
-              ("estimate: model + its run", "peak_estimate_bytes")]
+        if "dense_peak_cuda_allocated_bytes" in result:
+            memory = [("peak CUDA allocated (both models)", "peak_cuda_allocated_bytes"),
+                      ("  of which this model's run", "peak_cuda_over_baseline_bytes")]
+        else:
+            memory = [("peak process RSS (both models)", "peak_rss_bytes"),
+                      ("  over baseline (this model's run)", "peak_rss_over_baseline_bytes")]
+        memory = [("model (params + buffers)", "model_bytes"), *memory,
+                  ("estimate: model + its run", "peak_estimate_bytes")]
+    lines = []
     for label, key in memory:
         d, p = result[f"dense_{key}"], result[f"pruned_{key}"]
         ratio = d / p if p > 0 else float("nan")
         lines.append(f"{label:40} {d / mib:>10,.1f} MiB {p / mib:>10,.1f} MiB {ratio:>7.3f}x")
-    lines.append(f"{'blocks / parameters':40} {result['dense_blocks']:>4} / {result['dense_params'] / 1e6:6.1f}M "
-                 f"{result['pruned_blocks']:>4} / {result['pruned_params'] / 1e6:6.1f}M")
-    lines.append(
-        f"prompt {result['prompt_len']} tokens" + (f" (clipped from {result['prompt_len_requested']})"
-                                                    if result["prompt_clipped"] else "")
-        + f", {result['new_tokens']} new tokens ({result['batch1_new_tokens']} at batch 1), "
-        f"{result['repeats']} rounds ({result['prefill_samples']} prefill/TTFT samples each), medians; "
-        f"{result['device']} {result['dtype']}, {result['threads']} threads; "
-        f"ideal = FLOP ratio incl. attention (params only: {result['ideal_speedup_params']:.3f}x)")
-    return "\n".join(lines)
+    return lines
+
+
+def _settings_line(result: dict) -> str:
+    ideal = f"ideal = FLOP ratio incl. attention (params only: {result['ideal_speedup_params']:.3f}x)"
+    if result.get("engine") == "llamacpp":
+        return (f"llama.cpp (llama-cpp-python {result['llama_cpp_python_version']}), prompt {result['prompt_len']} "
+                f"tokens, {result['new_tokens']} new tokens, {result['repeats']} rounds, medians; "
+                f"{result['threads']} threads; {ideal}")
+    return (f"prompt {result['prompt_len']} tokens" + (f" (clipped from {result['prompt_len_requested']})"
+                                                       if result["prompt_clipped"] else "")
+            + f", {result['new_tokens']} new tokens ({result['batch1_new_tokens']} at batch 1), "
+            f"{result['repeats']} rounds ({result['prefill_samples']} prefill/TTFT samples each), medians; "
+            f"{result['device']} {result['dtype']}, {result['threads']} threads; {ideal}")
