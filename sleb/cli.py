@@ -35,9 +35,12 @@ def _budget_args(p: argparse.ArgumentParser, required: bool = True) -> None:
 
 
 def _search_args(p: argparse.ArgumentParser) -> None:
+    from .criteria import CRITERIA
     from .prune import METHODS
 
-    p.add_argument("--method", default="sleb", choices=METHODS, help="selection method (default: sleb)")
+    p.add_argument("--method", default="sleb", choices=METHODS,
+                   help="selection method (default: sleb): "
+                   + "; ".join(f"{n}: {c.label}" for n, c in CRITERIA.items()))
     p.add_argument("--calib", default="c4",
                    help="calibration text: c4 (local sample if present, else the Hub), wikitext2 (Hub), or a "
                         ".txt/.jsonl file")
@@ -130,8 +133,10 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("compare", help="SLEB vs baselines at several ratios: table and plots")
     _model_args(p)
     p.add_argument("--ratios", default="0.1,0.2,0.3", help="removal ratios (default 0.1,0.2,0.3)")
-    p.add_argument("--methods", default="sleb,block-influence,angular,oneshot-ppl,last",
-                   help="methods to compare (comma list)")
+    from .compare import DEFAULT_METHODS
+
+    p.add_argument("--methods", default=",".join(DEFAULT_METHODS),
+                   help=f"methods to compare (comma list; default {','.join(DEFAULT_METHODS)})")
     _search_args(p)
     _eval_args(p, default_ppl="wikitext2")
     p.add_argument("--speed", action="store_true", help="also measure speed (else only the ideal speedup)")

@@ -23,17 +23,18 @@ import torch
 from . import __version__
 from .blocks import find_blocks, num_layers
 from .calibration import Calibration, CalibrationSpec, build_calibration
+from .criteria import METHODS, get_criterion
 from .devices import devices_of
 from .errors import SlebError
 from .fingerprint import weights_fingerprint
 from .loading import cache_dir, load_model
 from .removal import remove_blocks, save_checkpoint
-from .search import SearchResult, SearchState, fast_search, reference_search
+from .search import SearchResult, SearchState
 from .verify import Verifier
 
 log = logging.getLogger(__name__)
 
-METHODS = ("sleb", "block-influence", "angular", "oneshot-ppl", "last", "random")
+__all__ = ["METHODS", "find_removal", "prune"]
 
 
 def blocks_for_ratio(total: int, ratio: float) -> int:
@@ -57,7 +58,7 @@ def search_key(model, calibration: Calibration, method: str, early_barrier: int,
         "calibration": calibration.info["fingerprint"],
         "method": method,
         "barriers": [early_barrier, latter_barrier],
-        "seed": seed if method == "random" else None,
+        "seed": seed if get_criterion(method).seeded else None,
         "reference": reference,
     }
     return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()[:20]
@@ -71,22 +72,20 @@ def find_removal(model, calibration: Calibration, num_remove: int, method: str =
     SLEB writes its state after every round and resumes from it; every method's
     finished result is kept in the state folder, so asking again costs nothing.
     """
-    if method not in METHODS:
-        raise SlebError(f"Unknown method {method!r}; choose one of: {', '.join(METHODS)}.")
+    criterion = get_criterion(method)
+    if criterion.name != method:
+        raise SlebError(f"Unknown method {method!r}; choose one of: {', '.join(METHODS)} (refine with refine=).")
     key = search_key(model, calibration, method, early_barrier, latter_barrier, seed, reference)
     path = Path(state_path) if state_path else state_dir() / f"{method}-{key}.json"
     start = time.perf_counter()
-    if method == "sleb":
-        search = reference_search if reference else fast_search
-        result = search(model, calibration.windows, num_remove, early_barrier, latter_barrier, batch_size,
-                        state=SearchState(path, key), progress=progress)
+    if criterion.resumable:
+        result = criterion.run(model, calibration.windows, num_remove, early_barrier, latter_barrier, batch_size,
+                               state=SearchState(path, key), progress=progress, reference=reference)
     else:
         result = _cached_baseline(path, key, num_remove)
         if result is None:
-            from .baselines import BASELINES
-
-            result = BASELINES[method](model, calibration.windows, num_remove, early_barrier, latter_barrier,
-                                       batch_size=batch_size, seed=seed, progress=progress)
+            result = criterion.run(model, calibration.windows, num_remove, early_barrier, latter_barrier,
+                                   batch_size=batch_size, seed=seed, progress=progress)
             write_json_atomic(path, {"key": key, "result": result.to_dict()})
     result.settings.update(calibration=calibration.info, seed=seed, state_file=path.name,
                            search_seconds=round(time.perf_counter() - start, 3))

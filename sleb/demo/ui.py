@@ -16,8 +16,8 @@ import logging
 
 import gradio as gr
 
+from ..criteria import CRITERIA, METHODS
 from ..errors import SlebError
-from ..prune import METHODS
 from .engine import (
     EARLY_BARRIER,
     LATTER_BARRIER,
@@ -39,14 +39,7 @@ from .report import removal_figure, stats_table
 
 log = logging.getLogger(__name__)
 
-METHOD_LABELS = {
-    "sleb": "SLEB (greedy, rescored every round)",
-    "block-influence": "block influence (ShortGPT)",
-    "angular": "angular distance (Gromov et al.)",
-    "oneshot-ppl": "one-shot perplexity (Shortened LLaMA)",
-    "last": "last blocks",
-    "random": "random blocks",
-}
+METHOD_LABELS = {name: c.label for name, c in CRITERIA.items()}
 EXAMPLES = [
     "Explain in two sentences why the sky is blue.",
     "What is the capital of France?",
