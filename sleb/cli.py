@@ -57,7 +57,16 @@ def _search_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--latter-barrier", type=int, default=1, help="last blocks never removed (default 1)")
     p.add_argument("--batch-size", type=int, help="calibration windows per forward (default: automatic)")
     p.add_argument("--state", help="search state file (default: one per search in the sleb cache)")
-    p.add_argument("--reference", action="store_true", help="use the plain, slow reference loop for SLEB")
+    p.add_argument("--reference", action="store_true",
+                   help="use the plain, slow reference loops for SLEB and the refinement")
+    p.add_argument("--refine", nargs="?", const="seed", choices=("seed", "all"),
+                   help="swap-refine each count's set: from the method's set (seed, the default when given bare) "
+                        "or from the best on the objective of it and every cheap criterion's set (all); see "
+                        "docs/search.md")
+    p.add_argument("--refine-objective", default="nll", choices=("nll", "kl"),
+                   help="refinement objective: calibration NLL (SLEB's, default) or KL to the dense model")
+    p.add_argument("--refine-budget", type=int,
+                   help="at most this many candidate sets scored per count (default: until no swap helps; 0: none)")
 
 
 def _verify_arg(p: argparse.ArgumentParser) -> None:
@@ -269,12 +278,23 @@ def cmd_prune(args) -> int:
                   device=args.device, dtype=args.dtype, save_dtype=_dtype(args.save_dtype),
                   overwrite=args.overwrite, progress=not args.quiet, state_path=args.state,
                   reference=args.reference, verify=args.verify,
-                  heal=_heal_spec(args, args.heal) if args.heal else None)
+                  heal=_heal_spec(args, args.heal) if args.heal else None, refine=_refine_spec(args))
     for path in saved:
         record = json.loads((path / "sleb.json").read_text())
         log.info("%s: removed %s (%d -> %d blocks)", path, record["removal_order"], record["num_blocks_dense"],
                  record["num_blocks"])
     return 0
+
+
+def _refine_spec(args):
+    """The `--refine` options as a RefineSpec, or None without `--refine`."""
+    from .refine import RefineSpec
+
+    if not getattr(args, "refine", None):
+        return None
+    spec = RefineSpec(seeds=args.refine, objective=args.refine_objective, budget=args.refine_budget)
+    spec.check()
+    return spec
 
 
 def _dtype(name):
@@ -295,6 +315,12 @@ def cmd_search(args) -> int:
     result = find_removal(model, calib, max(counts), args.method, early_barrier=args.early_barrier,
                           latter_barrier=args.latter_barrier, batch_size=args.batch_size, seed=args.seed,
                           progress=not args.quiet, state_path=args.state, reference=args.reference)
+    if _refine_spec(args):
+        from .prune import refine_removal
+
+        result = refine_removal(model, calib, result, counts, _refine_spec(args), early_barrier=args.early_barrier,
+                                latter_barrier=args.latter_barrier, batch_size=args.batch_size, seed=args.seed,
+                                progress=not args.quiet, reference=args.reference)
     for k in counts:
         log.info("%s, %d of %d blocks: remove %s", result.method, k, result.num_blocks, result.removed(k))
     for i, r in enumerate(result.rounds[: max(counts)] if result.method == "sleb" else [], 1):

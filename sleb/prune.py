@@ -23,7 +23,7 @@ import torch
 from . import __version__
 from .blocks import find_blocks, num_layers
 from .calibration import Calibration, CalibrationSpec, build_calibration
-from .criteria import METHODS, get_criterion
+from .criteria import METHODS, get_criterion, is_nested
 from .devices import devices_of
 from .errors import SlebError
 from .fingerprint import weights_fingerprint
@@ -92,6 +92,18 @@ def find_removal(model, calibration: Calibration, num_remove: int, method: str =
     return result
 
 
+def refine_removal(model, calibration: Calibration, result: SearchResult, counts: Sequence[int], spec, *,
+                   early_barrier: int = 1, latter_barrier: int = 1, batch_size: int | None = None, seed: int = 0,
+                   progress: bool = True, reference: bool = False) -> SearchResult:
+    """`result` swap-refined at each count (`sleb.pick.refine_result`), resumable from the state folder."""
+    from .pick import refine_result
+
+    base = search_key(model, calibration, result.method, early_barrier, latter_barrier, seed, reference)
+    return refine_result(model, calibration, result, sorted(counts), spec, base_key=base, state_dir=state_dir(),
+                         early_barrier=early_barrier, latter_barrier=latter_barrier, batch_size=batch_size,
+                         seed=seed, progress=progress, reference=reference)
+
+
 def write_json_atomic(path: Path, data: dict) -> None:
     """Write JSON to a temporary file beside `path`, then rename it into place: never half a file."""
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -134,6 +146,7 @@ def make_record(result: SearchResult, removed_order: list[int], source, dense_pa
     return {
         "format": "sleb/1",
         "method": result.method,
+        "nested": is_nested(result.method) and not result.by_count,
         "base_model": source.base_model or source.name,
         "model_argument": source.name,
         "num_blocks_dense": result.num_blocks,
@@ -184,13 +197,15 @@ def prune(model: str | None = None, out: str | os.PathLike = "pruned", *, ratios
           early_barrier: int = 1, latter_barrier: int = 1, batch_size: int | None = None, seed: int = 0,
           device: str | None = "auto", dtype=None, save_dtype=None, overwrite: bool = False,
           progress: bool = True, state_path=None, reference: bool = False, verify: bool = True,
-          heal=None) -> list[Path]:
+          heal=None, refine=None) -> list[Path]:
     """Load, search once, and save one pruned checkpoint per ratio (or block count). Returns the folders.
 
     Each checkpoint is reloaded and compared with the model with its blocks bypassed before
     it is kept (`verify=False` skips that, for models too large to load twice). With `heal`
     (a `sleb.healing.HealSpec`) each checkpoint is healed against the dense model before
-    saving, and the reload is compared with the healed model instead.
+    saving, and the reload is compared with the healed model instead. With `refine` (a
+    `sleb.refine.RefineSpec`) each count's set is swap-refined (`sleb.pick.refine_result`);
+    the sets are then not nested and each checkpoint is cut from the dense model.
     """
     timings = {}
     t0 = time.perf_counter()
@@ -211,6 +226,11 @@ def prune(model: str | None = None, out: str | os.PathLike = "pruned", *, ratios
                           latter_barrier=latter_barrier, batch_size=batch_size, seed=seed, progress=progress,
                           state_path=state_path, reference=reference)
     timings["search_s"] = result.settings["search_seconds"]
+    if refine is not None:
+        result = refine_removal(loaded, calib, result, counts, refine, early_barrier=early_barrier,
+                                latter_barrier=latter_barrier, batch_size=batch_size, seed=seed, progress=progress,
+                                reference=reference)
+        timings["refine_s"] = result.settings["refine_seconds"]
     dense_params = parameter_count(loaded)
     gone: list[int] = []  # original indices removed from `loaded` so far
     saved = []

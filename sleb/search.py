@@ -49,10 +49,17 @@ class SearchResult:
     def max_remove(self) -> int:
         return max(self.by_count) if self.by_count else len(self.order)
 
+    def covers(self, k: int) -> bool:
+        """Whether this result holds a set for `k` blocks (a non-nested one holds only the counts it chose)."""
+        return k == 0 or (k in self.by_count if self.by_count else 0 < k <= len(self.order))
+
     def removed(self, k: int) -> list[int]:
         """The blocks to remove for a budget of `k` blocks, in removal order."""
         if k < 0 or k > self.max_remove:
             raise SlebError(f"This {self.method} result covers up to {self.max_remove} blocks, not {k}.")
+        if not self.covers(k):
+            raise SlebError(f"This {self.method} result holds sets for {sorted(self.by_count)} blocks only, not {k}: "
+                            "its sets are not nested; search again for this count.")
         if self.by_count:
             return list(self.by_count[k]) if k else []
         return self.order[:k]

@@ -46,8 +46,9 @@ def get_criterion(method: str) -> Criterion:
 
 
 def is_nested(method: str) -> bool:
-    """Whether a result of `method` is one removal order whose prefixes are the sets (refined sets never are)."""
-    return "+" not in method and get_criterion(method).nested
+    """Whether a result of `method` is one removal order whose prefixes are the sets (refined sets never are;
+    a manual set is one set, not an order)."""
+    return "+" not in method and method in CRITERIA and CRITERIA[method].nested
 
 
 __all__ = ["CRITERIA", "METHODS", "REFINE_SUFFIX", "Criterion", "base_method", "get_criterion", "is_nested",
