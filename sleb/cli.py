@@ -65,6 +65,11 @@ def _search_args(p: argparse.ArgumentParser) -> None:
                         "docs/search.md")
     p.add_argument("--refine-objective", default="nll", choices=("nll", "kl"),
                    help="refinement objective: calibration NLL (SLEB's, default) or KL to the dense model")
+    p.add_argument("--validate", nargs="?", const=0.25, type=float, metavar="SHARE",
+                   help="hold out this share of the calibration windows (default 0.25 when given bare) and pick, per "
+                        "count, the set of lowest NLL on it among the method's, the refined one and each criterion's")
+    p.add_argument("--validate-generated", action="store_true",
+                   help="with --validate, also validate on text the dense model writes itself (offline)")
     p.add_argument("--refine-budget", type=int,
                    help="at most this many candidate sets scored per count (default: until no swap helps; 0: none)")
 
@@ -278,7 +283,8 @@ def cmd_prune(args) -> int:
                   device=args.device, dtype=args.dtype, save_dtype=_dtype(args.save_dtype),
                   overwrite=args.overwrite, progress=not args.quiet, state_path=args.state,
                   reference=args.reference, verify=args.verify,
-                  heal=_heal_spec(args, args.heal) if args.heal else None, refine=_refine_spec(args))
+                  heal=_heal_spec(args, args.heal) if args.heal else None, refine=_refine_spec(args),
+                  validate=_validate_spec(args))
     for path in saved:
         record = json.loads((path / "sleb.json").read_text())
         log.info("%s: removed %s (%d -> %d blocks)", path, record["removal_order"], record["num_blocks_dense"],
@@ -297,6 +303,17 @@ def _refine_spec(args):
     return spec
 
 
+def _validate_spec(args):
+    """The `--validate` options as a ValidateSpec, or None without `--validate`."""
+    from .pick import ValidateSpec
+
+    if getattr(args, "validate", None) is None:
+        if getattr(args, "validate_generated", False):
+            raise SlebError("--validate-generated needs --validate.")
+        return None
+    return ValidateSpec(fraction=args.validate, generated=args.validate_generated)
+
+
 def _dtype(name):
     from .loading import pick_dtype
 
@@ -305,22 +322,17 @@ def _dtype(name):
 
 def cmd_search(args) -> int:
     from .loading import load_model
-    from .prune import find_removal
+    from .prune import choose
 
     model, tokenizer, source = load_model(args.model, device=args.device, dtype=args.dtype)
     from .blocks import num_layers
 
     counts = _counts(args, num_layers(model))
     calib = build_calibration(tokenizer, _spec(args), model.config)
-    result = find_removal(model, calib, max(counts), args.method, early_barrier=args.early_barrier,
-                          latter_barrier=args.latter_barrier, batch_size=args.batch_size, seed=args.seed,
-                          progress=not args.quiet, state_path=args.state, reference=args.reference)
-    if _refine_spec(args):
-        from .prune import refine_removal
-
-        result = refine_removal(model, calib, result, counts, _refine_spec(args), early_barrier=args.early_barrier,
-                                latter_barrier=args.latter_barrier, batch_size=args.batch_size, seed=args.seed,
-                                progress=not args.quiet, reference=args.reference)
+    result = choose(model, tokenizer, calib, counts, args.method, refine=_refine_spec(args),
+                    validate=_validate_spec(args), early_barrier=args.early_barrier,
+                    latter_barrier=args.latter_barrier, batch_size=args.batch_size, seed=args.seed,
+                    progress=not args.quiet, state_path=args.state, reference=args.reference)
     for k in counts:
         log.info("%s, %d of %d blocks: remove %s", result.method, k, result.num_blocks, result.removed(k))
     for i, r in enumerate(result.rounds[: max(counts)] if result.method == "sleb" else [], 1):

@@ -104,6 +104,32 @@ def refine_removal(model, calibration: Calibration, result: SearchResult, counts
                          seed=seed, progress=progress, reference=reference)
 
 
+def choose(model, tokenizer, calibration: Calibration, counts: Sequence[int], method: str = "sleb", *, refine=None,
+           validate=None, early_barrier: int = 1, latter_barrier: int = 1, batch_size: int | None = None,
+           seed: int = 0, progress: bool = True, state_path=None, reference: bool = False) -> SearchResult:
+    """The sets to remove at each count: `method`'s, swap-refined with `refine` (a `RefineSpec`), and with
+    `validate` (a `ValidateSpec`) the candidate of lowest NLL on held-out calibration windows."""
+    heldout = None
+    if validate is not None:
+        from .pick import split_calibration
+
+        calibration, heldout = split_calibration(calibration, validate)
+    opts = {"early_barrier": early_barrier, "latter_barrier": latter_barrier, "batch_size": batch_size, "seed": seed,
+            "progress": progress}
+    searched = find_removal(model, calibration, max(counts), method, state_path=state_path, reference=reference,
+                            **opts)
+    result = refine_removal(model, calibration, searched, counts, refine, reference=reference, **opts) \
+        if refine is not None else searched
+    if validate is not None:
+        from .pick import validated_result
+
+        start = time.perf_counter()
+        result = validated_result(model, tokenizer, calibration, heldout, searched, result if refine else None,
+                                  sorted(counts), validate, **opts)
+        result.settings["validation_seconds"] = round(time.perf_counter() - start, 3)
+    return result
+
+
 def write_json_atomic(path: Path, data: dict) -> None:
     """Write JSON to a temporary file beside `path`, then rename it into place: never half a file."""
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -197,7 +223,7 @@ def prune(model: str | None = None, out: str | os.PathLike = "pruned", *, ratios
           early_barrier: int = 1, latter_barrier: int = 1, batch_size: int | None = None, seed: int = 0,
           device: str | None = "auto", dtype=None, save_dtype=None, overwrite: bool = False,
           progress: bool = True, state_path=None, reference: bool = False, verify: bool = True,
-          heal=None, refine=None) -> list[Path]:
+          heal=None, refine=None, validate=None) -> list[Path]:
     """Load, search once, and save one pruned checkpoint per ratio (or block count). Returns the folders.
 
     Each checkpoint is reloaded and compared with the model with its blocks bypassed before
@@ -205,7 +231,9 @@ def prune(model: str | None = None, out: str | os.PathLike = "pruned", *, ratios
     (a `sleb.healing.HealSpec`) each checkpoint is healed against the dense model before
     saving, and the reload is compared with the healed model instead. With `refine` (a
     `sleb.refine.RefineSpec`) each count's set is swap-refined (`sleb.pick.refine_result`);
-    the sets are then not nested and each checkpoint is cut from the dense model.
+    the sets are then not nested and each checkpoint is cut from the dense model. With `validate`
+    (a `sleb.pick.ValidateSpec`) a share of the calibration windows is held out and each count's
+    set is the candidate (the method's, the refined one, each criterion's) of lowest NLL on it.
     """
     timings = {}
     t0 = time.perf_counter()
@@ -222,15 +250,13 @@ def prune(model: str | None = None, out: str | os.PathLike = "pruned", *, ratios
         raise SlebError(f"Output folder(s) already exist: {', '.join(clash)}; pass --overwrite to replace them.")
     spec = calibration or CalibrationSpec(seed=seed)
     calib = build_calibration(tokenizer, spec, loaded.config)
-    result = find_removal(loaded, calib, max(counts), method, early_barrier=early_barrier,
-                          latter_barrier=latter_barrier, batch_size=batch_size, seed=seed, progress=progress,
-                          state_path=state_path, reference=reference)
+    result = choose(loaded, tokenizer, calib, counts, method, refine=refine, validate=validate,
+                    early_barrier=early_barrier, latter_barrier=latter_barrier, batch_size=batch_size, seed=seed,
+                    progress=progress, state_path=state_path, reference=reference)
     timings["search_s"] = result.settings["search_seconds"]
-    if refine is not None:
-        result = refine_removal(loaded, calib, result, counts, refine, early_barrier=early_barrier,
-                                latter_barrier=latter_barrier, batch_size=batch_size, seed=seed, progress=progress,
-                                reference=reference)
-        timings["refine_s"] = result.settings["refine_seconds"]
+    for key in ("refine_seconds", "validation_seconds"):
+        if key in result.settings:
+            timings[key.replace("_seconds", "_s")] = result.settings[key]
     dense_params = parameter_count(loaded)
     gone: list[int] = []  # original indices removed from `loaded` so far
     saved = []

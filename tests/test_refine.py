@@ -167,3 +167,52 @@ def test_cli_prunes_refined_non_nested_sets_each_equal_to_dense_with_its_set_byp
         want = remove_blocks(copy.deepcopy(dense), record["removed"])
         with torch.inference_mode():
             assert torch.allclose(pruned(input_ids=ids).logits, want(input_ids=ids).logits, atol=1e-5)
+
+
+def test_validated_pick_is_the_candidate_of_lowest_held_out_nll(dense, data):
+    """The search sees only the first windows; the pick is the brute-force argmin of held-out NLL among candidates."""
+    from sleb.calibration import Calibration
+    from sleb.criteria import CRITERIA
+    from sleb.pick import ValidateSpec
+    from sleb.prune import choose
+    from sleb.search import fast_search
+
+    windows = torch.cat([data, torch.randint(3, 128, (5, SEQ), generator=torch.Generator().manual_seed(9))])
+    calib = Calibration(windows=windows, info={"fingerprint": "x", "data": "c4", "num_windows": 12, "seqlen": SEQ})
+    result = choose(dense, None, calib, [2, 3], "sleb", refine=RefineSpec(), validate=ValidateSpec(fraction=0.25),
+                    batch_size=BATCH, progress=False)
+    assert result.method == "sleb+validated" and result.settings["nested"] is False
+    search, heldout = windows[:9], windows[9:]
+    oracle = Oracle(dense, heldout)
+    tokens = heldout.shape[0] * (SEQ - 1)
+    for k in (2, 3):
+        record = result.settings["validation"][str(k)]
+        cands = record["candidates"]
+        assert cands["sleb"]["removed"] == sorted(fast_search(dense, search, k, batch_size=BATCH,
+                                                              progress=False).order[:k])
+        assert {"sleb", "sleb+refine"} | {n for n, c in CRITERIA.items() if c.cheap and not c.seeded} == set(cands)
+        for entry in cands.values():
+            assert entry["nll"]["c4"] == pytest.approx(oracle(entry["removed"]) / tokens, rel=1e-5)
+        best = min(cands.values(), key=lambda e: oracle(e["removed"]))
+        assert result.removed(k) == best["removed"] == cands[record["pick"]]["removed"]
+        others = [oracle(e["removed"]) / tokens for n, e in cands.items() if n != record["pick"]]
+        assert record["margin"] == pytest.approx(min(others) - oracle(best["removed"]) / tokens, rel=1e-4, abs=1e-9)
+
+
+def test_validation_on_generated_text_adds_a_domain(tiny_model_dir, tmp_path):
+    """`search --validate --validate-generated` scores every candidate on both domains; the pick has the lowest mean."""
+    out = tmp_path / "search.json"
+    assert main(["search", str(tiny_model_dir), "--num-remove", "2", "--validate", "0.5", "--validate-generated",
+                 "--nsamples", "4", "--seqlen", "16", "--device", "cpu", "--json", str(out), "-q"]) == 0
+    record = json.loads(out.read_text())["search"]
+    validation = record["settings"]["validation"]["2"]
+    assert set(validation["domains"]) == {"generated", next(iter(validation["domains"]))} and \
+        len(validation["domains"]) == 2
+    means = {n: e["mean"] for n, e in validation["candidates"].items()}
+    assert all(len(e["nll"]) == 2 for e in validation["candidates"].values())
+    assert validation["pick"] == min(means, key=lambda n: (means[n], n))
+    assert record["by_count"]["2"] == validation["candidates"][validation["pick"]]["removed"]
+    with pytest.raises(SystemExit):
+        main(["search", str(tiny_model_dir), "--num-remove", "2", "--validate", "x"])
+    assert main(["search", str(tiny_model_dir), "--num-remove", "2", "--validate", "1.5", "--device", "cpu",
+                 "--nsamples", "4", "--seqlen", "16"]) == 2

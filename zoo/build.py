@@ -36,7 +36,8 @@ from sleb.data import data_dir
 from sleb.evaluate import evaluate_ppl
 from sleb.fingerprint import weights_fingerprint
 from sleb.loading import DEFAULT_MODEL, load_model, model_device
-from sleb.prune import blocks_for_ratio, find_removal, make_record, parameter_count, versions
+from sleb.prune import blocks_for_ratio, find_removal, make_record, parameter_count, refine_removal, versions
+from sleb.refine import RefineSpec
 from sleb.removal import atomic_dir, remove_blocks, save_checkpoint
 from sleb.verify import Verifier
 
@@ -180,6 +181,8 @@ def prune_command(used: str, variant: Variant, settings: dict, dtype: str, devic
              "--seed", str(cal["seed"])]
     if cal["tokens"]:
         parts += ["--calib-tokens", str(cal["tokens"])]
+    if settings.get("refine"):
+        parts += ["--refine", settings["refine"]]
     parts += ["--early-barrier", str(settings["early_barrier"]), "--latter-barrier", str(settings["latter_barrier"]),
               "--device", device, "--dtype", dtype, "--out", variant.name]
     if variant.healed:
@@ -289,6 +292,10 @@ def build_base(base: Base, variants: list[Variant], out: str | os.PathLike, cach
     result = find_removal(model, calib, max(counts.values()), settings["method"],
                           early_barrier=settings["early_barrier"], latter_barrier=settings["latter_barrier"],
                           progress=progress)
+    if settings.get("refine"):  # one refined set per ratio: not nested
+        result = refine_removal(model, calib, result, sorted(set(counts.values())),
+                                RefineSpec(seeds=settings["refine"]), early_barrier=settings["early_barrier"],
+                                latter_barrier=settings["latter_barrier"], progress=progress)
     mkey = model_key(model, source)
     hw = hardware(model)
     dtype = str(next(model.parameters()).dtype).removeprefix("torch.")

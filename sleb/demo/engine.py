@@ -69,7 +69,7 @@ def _order_for(store: ModelStore, entry: LoadedModel, method: str, k: int) -> tu
     shipped = find_order(entry.base_id, method, entry.num_blocks)
     for result, source in ((shipped, "shipped"), (store.zoo_result(entry, method), "zoo"),
                            (entry.results.get(method), "cached search")):
-        if result is not None and result.max_remove >= k:
+        if result is not None and result.covers(k):
             return result, result.settings.get("source") or source
     return None, ""
 
