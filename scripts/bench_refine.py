@@ -92,13 +92,13 @@ def run_ratio(model, tokenizer, calib, k: int, args, study, evaluator) -> dict:
     log.info("Seed scores (%s): %s", args.objective, {n: round(v, 2) for n, v in scores.items()})
     spec = RefineSpec(objective=args.objective, budget=args.budget)
     best_seed = min(scores, key=lambda n: (scores[n], n))
-    refined = {}
+    refined, memo = {}, {}  # one memory of scored sets for both seeds: same model, windows and objective
     for label, seed_name in (("all+refine", best_seed), ("sleb+refine", "sleb")):  # the best seed first
         seed = sets[seed_name]
         key = f"{args.objective}-k{k}-{'-'.join(map(str, seed))}-{calib.info['fingerprint']}"
         state = SearchState(Path(args.out) / "state" / f"{key}.json", key)
         log.info("Refining %s's set %s (%s)", seed_name, seed, label)
-        record = fast_refine(model, calib.windows, seed, spec=spec, state=state)
+        record = fast_refine(model, calib.windows, seed, spec=spec, state=state, memo=memo)
         refined[label] = {"seed_method": seed_name, **record}
     row = {"k": k, "criteria": {n: {"removed": sets[n], "score": scores[n], "search_seconds": seconds.get(n)}
                                 for n in sets},

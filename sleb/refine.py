@@ -203,7 +203,8 @@ def _pass(obj, removed, current, known, spec, used, fast, progress) -> tuple[tup
     return best, scores[best], len(pairs)
 
 
-def _run(model, windows, seed, early_barrier, latter_barrier, spec, batch_size, state, progress, fast) -> dict:
+def _run(model, windows, seed, early_barrier, latter_barrier, spec, batch_size, state, progress, fast,
+         memo=None) -> dict:
     spec.check()
     scorer = _Scorer(model, windows, batch_size or default_batch_size(*windows.shape))
     removed = check_seed(list(seed), scorer.total, early_barrier, latter_barrier)
@@ -232,7 +233,7 @@ def _run(model, windows, seed, early_barrier, latter_barrier, spec, batch_size, 
                                 "delete it or choose another state file.")
             else:
                 log.info("Resuming the refinement after %d accepted swaps (%s)", len(steps) - 1, state.path)
-            _climb(obj, steps, spec, state, fast, progress)
+            _climb(obj, steps, spec, state, fast, progress, {} if memo is None else memo)
     finally:
         model.train(was_training)
     last = steps[-1]
@@ -245,9 +246,11 @@ def _run(model, windows, seed, early_barrier, latter_barrier, spec, batch_size, 
             "seconds": round(time.perf_counter() - start, 3)}
 
 
-def _climb(obj: _Objective, steps: list[dict], spec: RefineSpec, state, fast: bool, progress: bool) -> None:
-    """Accept best swaps until none helps or the budget is spent; one step recorded per accepted swap."""
-    known: dict[frozenset, tuple[float, bool]] = {}
+def _climb(obj: _Objective, steps: list[dict], spec: RefineSpec, state, fast: bool, progress: bool,
+           known: dict[frozenset, tuple[float, bool]]) -> None:
+    """Accept best swaps until none helps or the budget is spent; one step recorded per accepted swap.
+
+    `known[set]` is (score, exact) or (lower bound, False) of every set scored so far."""
     while not steps[-1].get("done"):
         used = sum(s.get("evaluations", 0) for s in steps)
         if spec.budget is not None and used >= spec.budget:
@@ -279,9 +282,13 @@ def _climb(obj: _Objective, steps: list[dict], spec: RefineSpec, state, fast: bo
 
 def fast_refine(model, windows: torch.Tensor, seed, early_barrier: int = 1, latter_barrier: int = 1,
                 spec: RefineSpec = RefineSpec(), batch_size: int | None = None, state: SearchState | None = None,
-                progress: bool = True) -> dict:
-    """Swap refinement with replay, the bound and a memory of sets scored; the same path as `reference_refine`."""
-    return _run(model, windows, seed, early_barrier, latter_barrier, spec, batch_size, state, progress, fast=True)
+                progress: bool = True, memo: dict | None = None) -> dict:
+    """Swap refinement with replay, the bound and a memory of sets scored; the same path as `reference_refine`.
+
+    `memo`: share it between refinements of the same model, windows, batch size and objective (other seeds),
+    so a set one of them scored is not scored again."""
+    return _run(model, windows, seed, early_barrier, latter_barrier, spec, batch_size, state, progress, fast=True,
+                memo=memo)
 
 
 def reference_refine(model, windows: torch.Tensor, seed, early_barrier: int = 1, latter_barrier: int = 1,
