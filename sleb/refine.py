@@ -31,7 +31,7 @@ from tqdm.auto import tqdm
 
 from .errors import SlebError
 from .nll import check_head, chunked_nll, final_hidden, head_logits
-from .search import SearchState, _Scorer, default_batch_size
+from .search import SearchState, _Scorer, bounded_pass, default_batch_size
 
 log = logging.getLogger(__name__)
 
@@ -139,23 +139,8 @@ def chunked_kl(model, dense_hidden: torch.Tensor, hidden: torch.Tensor) -> float
 
 def _fast_pass(obj: _Objective, removed: list[int], pairs, current: float, bar) -> tuple[dict, dict]:
     """Score `pairs` with replay and the bound: (complete scores, partial sums of the candidates stopped)."""
-    s = obj.scorer
-    partial = {p: 0.0 for p in pairs}
-    active, dropped = list(pairs), {}
-    for index, batch in enumerate(s.batches):
-        if not active:
-            break
-        outputs = s.record_outputs(batch, set(removed))
-        for r, a in active:
-            replay = {i: out for i, out in outputs.items() if i < min(r, a)}
-            partial[(r, a)] += obj.fast(index, _swap(removed, (r, a)), replay)
-            bar.update(1)
-        still = [p for p in active if partial[p] <= current]
-        for p in set(active) - set(still):
-            dropped[p] = partial[p]
-            bar.update(len(s.batches) - index - 1)
-        active = still
-    return {p: partial[p] for p in active}, dropped
+    return bounded_pass(obj.scorer, set(removed), list(pairs), lambda p: (_swap(removed, p), min(p)), obj.fast,
+                        current, bar)
 
 
 def _plain_pass(obj: _Objective, removed: list[int], pairs, current: float, bar) -> tuple[dict, dict]:
