@@ -314,6 +314,13 @@ def _validate_spec(args):
     return ValidateSpec(fraction=args.validate, generated=args.validate_generated)
 
 
+def _no_choice_options(args, command: str) -> None:
+    """`bench` and `compare` search with the method alone: refuse --refine / --validate rather than ignore them."""
+    if getattr(args, "refine", None) or getattr(args, "validate", None) is not None:
+        raise SlebError(f"{command} does not refine or validate; run `prune` (or `search`) with --refine/--validate "
+                        f"and give {command} the result instead.")
+
+
 def _dtype(name):
     from .loading import pick_dtype
 
@@ -490,6 +497,7 @@ def cmd_bench(args) -> int:
     from .removal import remove_blocks
     from .speed import format_speed, measure_speed
 
+    _no_choice_options(args, "bench")
     dense, tokenizer, source = load_model(args.model, device=args.device, dtype=args.dtype)
     if args.pruned:
         if args.ratio or args.num_remove:
@@ -519,6 +527,7 @@ def cmd_compare(args) -> int:
     from .prune import METHODS, parse_ratios
     from .zeroshot import ZEROSHOT_TASKS
 
+    _no_choice_options(args, "compare")
     report = compare(args.model, parse_ratios(args.ratios), parse_names(args.methods, METHODS, "method"),
                      _spec(args), parse_names(args.ppl, PPL_SETS, "perplexity set"),
                      parse_names(args.zeroshot, ZEROSHOT_TASKS, "zero-shot task"),

@@ -226,3 +226,18 @@ def test_validation_on_generated_text_adds_a_domain(tiny_model_dir, tmp_path):
         main(["search", str(tiny_model_dir), "--num-remove", "2", "--validate", "x"])
     assert main(["search", str(tiny_model_dir), "--num-remove", "2", "--validate", "1.5", "--device", "cpu",
                  "--nsamples", "4", "--seqlen", "16"]) == 2
+
+
+def test_orders_ship_one_refined_set_per_count_and_bench_refuses_refine(tiny_model_dir, tmp_path, monkeypatch):
+    """`sleb.orders --refine` writes a non-nested order holding a set for every count; bench says it cannot refine."""
+    from sleb.orders import find_order
+    from sleb.orders.__main__ import main as write_orders
+
+    monkeypatch.setenv("SLEB_ORDERS_DIR", str(tmp_path))
+    assert write_orders([str(tiny_model_dir), "--method", "sleb", "--refine", "--num-remove", "2", "--nsamples", "2",
+                         "--seqlen", "16", "--device", "cpu", "--out-dir", str(tmp_path), "-q"]) == 0
+    written = json.loads(next(tmp_path.glob("*-sleb+refine.json")).read_text())
+    result = find_order(written["base_model"], "sleb+refine", written["num_blocks"], tmp_path)
+    assert result is not None and result.covers(1) and result.covers(2) and not result.covers(3)
+    assert len(result.removed(1)) == 1 and len(result.removed(2)) == 2
+    assert main(["bench", str(tiny_model_dir), "--num-remove", "1", "--refine", "--device", "cpu"]) == 2
