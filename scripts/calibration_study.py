@@ -31,6 +31,9 @@ from pathlib import Path
 log = logging.getLogger("calibration_study")
 
 METHODS = ("sleb", "block-influence", "angular", "oneshot-ppl")
+# Refined picks (sleb.refine): `sleb+refine` from SLEB's set, `all+refine` from the best criterion's set; opt-in
+# with --methods, e.g. --methods sleb,block-influence,angular,oneshot-ppl,sleb+refine,all+refine.
+REFINED = {"sleb+refine": "seed", "all+refine": "all"}
 
 
 def parse_args(argv=None):
@@ -115,10 +118,18 @@ class Study:
         model, tokenizer, _ = self.model()
         total = num_layers(model)
         calib = build_calibration(tokenizer, CalibrationSpec(source="c4", tokens=budget, seqlen=seqlen), model.config)
-        state = self.out / "state" / f"{cell_name(method, budget, seqlen)}.json" if method == "sleb" else None
+        base = "sleb" if method in REFINED else method
+        state = self.out / "state" / f"{cell_name(base, budget, seqlen)}.json" if base == "sleb" else None
         log.info("Search %s on %d tokens in windows of %d", method, budget, seqlen)
         start = time.perf_counter()
-        result = find_removal(model, calib, max(self.counts(total).values()), method, state_path=state)
+        result = find_removal(model, calib, max(self.counts(total).values()), base, state_path=state)
+        if method in REFINED:  # one refined set per ratio, resumable from the sleb cache's state files
+            from sleb.prune import refine_removal
+            from sleb.refine import RefineSpec
+
+            result = refine_removal(model, calib, result, sorted(set(self.counts(total).values())),
+                                    RefineSpec(seeds=REFINED[method]))
+            result.method = method
         data = {"method": method, "budget": budget, "seqlen": seqlen, "seconds": round(time.perf_counter() - start, 1),
                 "result": result.to_dict(), "calibration": calib.info}
         write_json(path, data)
@@ -290,7 +301,8 @@ def plot(dense: dict, rows: list[dict], path: Path) -> None:
     for col, ratio in enumerate(ratios):
         for row, (key, label, log_scale) in enumerate(metrics):
             ax = axes[row][col]
-            for method, color in zip(METHODS, ("C0", "C1", "C2", "C3"), strict=True):  # one colour per method
+            for index, method in enumerate(dict.fromkeys(r["method"] for r in rows)):
+                color = f"C{index}"  # one colour per method
                 for seqlen, (style, marker) in zip(sorted({r["seqlen"] for r in rows}),
                                                    (("-", "o"), ("--", "s"), (":", "^")), strict=False):
                     pts = sorted((r["budget"], r[key]) for r in rows if r["ratio"] == ratio and r["method"] == method

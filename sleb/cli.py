@@ -35,9 +35,12 @@ def _budget_args(p: argparse.ArgumentParser, required: bool = True) -> None:
 
 
 def _search_args(p: argparse.ArgumentParser) -> None:
+    from .criteria import CRITERIA
     from .prune import METHODS
 
-    p.add_argument("--method", default="sleb", choices=METHODS, help="selection method (default: sleb)")
+    p.add_argument("--method", default="sleb", choices=METHODS,
+                   help="selection method (default: sleb): "
+                   + "; ".join(f"{n}: {c.label}" for n, c in CRITERIA.items()))
     p.add_argument("--calib", default="c4",
                    help="calibration text: c4 (local sample if present, else the Hub), wikitext2 (Hub), or a "
                         ".txt/.jsonl file")
@@ -54,7 +57,21 @@ def _search_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--latter-barrier", type=int, default=1, help="last blocks never removed (default 1)")
     p.add_argument("--batch-size", type=int, help="calibration windows per forward (default: automatic)")
     p.add_argument("--state", help="search state file (default: one per search in the sleb cache)")
-    p.add_argument("--reference", action="store_true", help="use the plain, slow reference loop for SLEB")
+    p.add_argument("--reference", action="store_true",
+                   help="use the plain, slow reference loops for SLEB and the refinement")
+    p.add_argument("--refine", nargs="?", const="seed", choices=("seed", "all"),
+                   help="swap-refine each count's set: from the method's set (seed, the default when given bare) "
+                        "or from the best on the objective of it and every cheap criterion's set (all); see "
+                        "docs/search.md")
+    p.add_argument("--refine-objective", default="nll", choices=("nll", "kl"),
+                   help="refinement objective: calibration NLL (SLEB's, default) or KL to the dense model")
+    p.add_argument("--validate", nargs="?", const=0.25, type=float, metavar="SHARE",
+                   help="hold out this share of the calibration windows (default 0.25 when given bare) and pick, per "
+                        "count, the set of lowest NLL on it among the method's, the refined one and each criterion's")
+    p.add_argument("--validate-generated", action="store_true",
+                   help="with --validate, also validate on text the dense model writes itself (offline)")
+    p.add_argument("--refine-budget", type=int,
+                   help="at most this many candidate sets scored per count (default: until no swap helps; 0: none)")
 
 
 def _verify_arg(p: argparse.ArgumentParser) -> None:
@@ -143,8 +160,10 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("compare", help="SLEB vs baselines at several ratios: table and plots")
     _model_args(p)
     p.add_argument("--ratios", default="0.1,0.2,0.3", help="removal ratios (default 0.1,0.2,0.3)")
-    p.add_argument("--methods", default="sleb,block-influence,angular,oneshot-ppl,last",
-                   help="methods to compare (comma list)")
+    from .compare import DEFAULT_METHODS
+
+    p.add_argument("--methods", default=",".join(DEFAULT_METHODS),
+                   help=f"methods to compare (comma list; default {','.join(DEFAULT_METHODS)})")
     _search_args(p)
     _eval_args(p, default_ppl="wikitext2")
     p.add_argument("--speed", action="store_true", help="also measure speed (else only the ideal speedup)")
@@ -281,12 +300,41 @@ def cmd_prune(args) -> int:
                   overwrite=args.overwrite, progress=not args.quiet, state_path=args.state,
                   reference=args.reference, verify=args.verify,
                   heal=_heal_spec(args, args.heal) if args.heal else None, gguf=args.gguf, gguf_type=args.gguf_type,
-                  data_dir=args.data_dir)
+                  data_dir=args.data_dir, refine=_refine_spec(args), validate=_validate_spec(args))
     for path in saved:
         record = json.loads((path / "sleb.json").read_text())
         log.info("%s: removed %s (%d -> %d blocks)", path, record["removal_order"], record["num_blocks_dense"],
                  record["num_blocks"])
     return 0
+
+
+def _refine_spec(args):
+    """The `--refine` options as a RefineSpec, or None without `--refine`."""
+    from .refine import RefineSpec
+
+    if not getattr(args, "refine", None):
+        return None
+    spec = RefineSpec(seeds=args.refine, objective=args.refine_objective, budget=args.refine_budget)
+    spec.check()
+    return spec
+
+
+def _validate_spec(args):
+    """The `--validate` options as a ValidateSpec, or None without `--validate`."""
+    from .pick import ValidateSpec
+
+    if getattr(args, "validate", None) is None:
+        if getattr(args, "validate_generated", False):
+            raise SlebError("--validate-generated needs --validate.")
+        return None
+    return ValidateSpec(fraction=args.validate, generated=args.validate_generated)
+
+
+def _no_choice_options(args, command: str) -> None:
+    """`bench` and `compare` search with the method alone: refuse --refine / --validate rather than ignore them."""
+    if getattr(args, "refine", None) or getattr(args, "validate", None) is not None:
+        raise SlebError(f"{command} does not refine or validate; run `prune` (or `search`) with --refine/--validate "
+                        f"and give {command} the result instead.")
 
 
 def _dtype(name):
@@ -297,16 +345,17 @@ def _dtype(name):
 
 def cmd_search(args) -> int:
     from .loading import load_model
-    from .prune import find_removal
+    from .prune import choose
 
     model, tokenizer, source = load_model(args.model, device=args.device, dtype=args.dtype)
     from .blocks import num_layers
 
     counts = _counts(args, num_layers(model))
     calib = build_calibration(tokenizer, _spec(args), model.config)
-    result = find_removal(model, calib, max(counts), args.method, early_barrier=args.early_barrier,
-                          latter_barrier=args.latter_barrier, batch_size=args.batch_size, seed=args.seed,
-                          progress=not args.quiet, state_path=args.state, reference=args.reference)
+    result = choose(model, tokenizer, calib, counts, args.method, refine=_refine_spec(args),
+                    validate=_validate_spec(args), early_barrier=args.early_barrier,
+                    latter_barrier=args.latter_barrier, batch_size=args.batch_size, seed=args.seed,
+                    progress=not args.quiet, state_path=args.state, reference=args.reference)
     for k in counts:
         log.info("%s, %d of %d blocks: remove %s", result.method, k, result.num_blocks, result.removed(k))
     for i, r in enumerate(result.rounds[: max(counts)] if result.method == "sleb" else [], 1):
@@ -486,6 +535,7 @@ def cmd_bench(args) -> int:
     from .removal import remove_blocks
     from .speed import format_speed, measure_speed
 
+    _no_choice_options(args, "bench")
     if args.engine == "llamacpp":
         return _bench_llamacpp(args)
     dense, tokenizer, source = load_model(args.model, device=args.device, dtype=args.dtype)
@@ -517,6 +567,7 @@ def cmd_compare(args) -> int:
     from .prune import METHODS, parse_ratios
     from .zeroshot import ZEROSHOT_TASKS
 
+    _no_choice_options(args, "compare")
     report = compare(args.model, parse_ratios(args.ratios), parse_names(args.methods, METHODS, "method"),
                      _spec(args), parse_names(args.ppl, PPL_SETS, "perplexity set"),
                      parse_names(args.zeroshot, ZEROSHOT_TASKS, "zero-shot task"),

@@ -17,12 +17,15 @@ from pathlib import Path
 
 from .blocks import BlockSwitch, find_blocks, num_layers
 from .calibration import CalibrationSpec, build_calibration
+from .criteria import CRITERIA, get_criterion
 from .evaluate import evaluate_ppl
 from .loading import load_model
 from .prune import blocks_for_ratio, find_removal, versions
 from .removal import remove_blocks
 
 log = logging.getLogger(__name__)
+
+DEFAULT_METHODS = tuple(name for name, c in CRITERIA.items() if not c.seeded)
 
 
 def _evaluate(model, tokenizer, ppl, zeroshot, opts) -> dict:
@@ -35,12 +38,15 @@ def _evaluate(model, tokenizer, ppl, zeroshot, opts) -> dict:
     return out
 
 
-def compare(model: str | None = "default", ratios=(0.1, 0.2, 0.3), methods=("sleb", "block-influence", "angular",
-            "oneshot-ppl", "last"), calibration: CalibrationSpec | None = None, ppl=("wikitext2",), zeroshot=(),
+def compare(model: str | None = "default", ratios=(0.1, 0.2, 0.3), methods=None,
+            calibration: CalibrationSpec | None = None, ppl=("wikitext2",), zeroshot=(),
             out: str | os.PathLike = "results/compare", seqlen: int = 2048, max_windows: int | None = None,
             limit: int | None = None, speed: bool = False, data_dir=None, device="auto", dtype=None,
             progress: bool = True) -> dict:
-    """Run the comparison and write its report to `out`; returns the report's data."""
+    """Run the comparison and write its report to `out`; returns the report's data.
+
+    `methods`: registry names (`sleb.criteria`); default every criterion but random.
+    """
     from .speed import matmul_params, params_flops_per_token
 
     loaded, tokenizer, source = load_model(model, device=device, dtype=dtype)
@@ -54,14 +60,15 @@ def compare(model: str | None = "default", ratios=(0.1, 0.2, 0.3), methods=("sle
                              "how": "blocks bypassed with BlockSwitch (same logits as removing them)"},
               "dense": _evaluate(loaded, tokenizer, ppl, zeroshot, opts), "methods": {}, "speed": {}}
     blocks = find_blocks(loaded).blocks
-    for method in methods:
+    for method in methods or DEFAULT_METHODS:
         result = find_removal(loaded, calib, max(counts.values()), method, progress=progress)
         rows = {}
         for ratio, k in counts.items():
             removed = result.removed(k)
             with BlockSwitch(blocks) as switch, switch.state(skip=removed):
                 rows[str(ratio)] = {"removed": removed, **_evaluate(loaded, tokenizer, ppl, zeroshot, opts)}
-        report["methods"][method] = {"order": result.order, "results": rows}
+        report["methods"][method] = {"label": get_criterion(method).label, "nested": get_criterion(method).nested,
+                                     "order": result.order, "results": rows}
     dense_counts = matmul_params(loaded)
     for ratio, k in counts.items():
         gone = list(range(1, k + 1))  # speed depends on how many blocks go, not which
@@ -148,7 +155,7 @@ def plot_report(report: dict, out: Path) -> list[Path]:
         for method, data in report["methods"].items():
             values = [dense["perplexity"]] + [data["results"][str(r)]["ppl"][name]["perplexity"]
                                              for r in report["ratios"]]
-            ax.plot([0.0] + ratios, values, marker="o", label=method)
+            ax.plot([0.0] + ratios, values, marker="o", label=data.get("label", method))
         ax.set(xlabel="share of blocks removed", ylabel=f"{name} perplexity", yscale="log",
                title=f"{report['model']}: {name} perplexity vs removal ratio")
         ax.legend()

@@ -22,18 +22,19 @@ import torch
 
 from .blocks import find_blocks, num_layers
 from .calibration import Calibration, CalibrationSpec, build_calibration
+from .criteria import METHODS, get_criterion, is_nested
 from .devices import devices_of
 from .errors import SlebError
 from .fingerprint import weights_fingerprint
 from .loading import cache_dir, load_model
 from .removal import remove_blocks, save_checkpoint
-from .search import SearchResult, SearchState, fast_search, reference_search
+from .search import SearchResult, SearchState
 from .verify import Verifier
 from .version import __version__
 
 log = logging.getLogger(__name__)
 
-METHODS = ("sleb", "block-influence", "angular", "oneshot-ppl", "last", "random")
+__all__ = ["METHODS", "find_removal", "prune"]
 
 
 def blocks_for_ratio(total: int, ratio: float) -> int:
@@ -57,7 +58,7 @@ def search_key(model, calibration: Calibration, method: str, early_barrier: int,
         "calibration": calibration.info["fingerprint"],
         "method": method,
         "barriers": [early_barrier, latter_barrier],
-        "seed": seed if method == "random" else None,
+        "seed": seed if get_criterion(method).seeded else None,
         "reference": reference,
     }
     return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()[:20]
@@ -71,25 +72,61 @@ def find_removal(model, calibration: Calibration, num_remove: int, method: str =
     SLEB writes its state after every round and resumes from it; every method's
     finished result is kept in the state folder, so asking again costs nothing.
     """
-    if method not in METHODS:
-        raise SlebError(f"Unknown method {method!r}; choose one of: {', '.join(METHODS)}.")
+    criterion = get_criterion(method)
+    if criterion.name != method:
+        raise SlebError(f"Unknown method {method!r}; choose one of: {', '.join(METHODS)} (refine with refine=).")
     key = search_key(model, calibration, method, early_barrier, latter_barrier, seed, reference)
     path = Path(state_path) if state_path else state_dir() / f"{method}-{key}.json"
     start = time.perf_counter()
-    if method == "sleb":
-        search = reference_search if reference else fast_search
-        result = search(model, calibration.windows, num_remove, early_barrier, latter_barrier, batch_size,
-                        state=SearchState(path, key), progress=progress)
+    if criterion.resumable:
+        result = criterion.run(model, calibration.windows, num_remove, early_barrier, latter_barrier, batch_size,
+                               state=SearchState(path, key), progress=progress, reference=reference)
     else:
         result = _cached_baseline(path, key, num_remove)
         if result is None:
-            from .baselines import BASELINES
-
-            result = BASELINES[method](model, calibration.windows, num_remove, early_barrier, latter_barrier,
-                                       batch_size=batch_size, seed=seed, progress=progress)
+            result = criterion.run(model, calibration.windows, num_remove, early_barrier, latter_barrier,
+                                   batch_size=batch_size, seed=seed, progress=progress)
             write_json_atomic(path, {"key": key, "result": result.to_dict()})
     result.settings.update(calibration=calibration.info, seed=seed, state_file=path.name,
                            search_seconds=round(time.perf_counter() - start, 3))
+    return result
+
+
+def refine_removal(model, calibration: Calibration, result: SearchResult, counts: Sequence[int], spec, *,
+                   early_barrier: int = 1, latter_barrier: int = 1, batch_size: int | None = None, seed: int = 0,
+                   progress: bool = True, reference: bool = False) -> SearchResult:
+    """`result` swap-refined at each count (`sleb.pick.refine_result`), resumable from the state folder."""
+    from .pick import refine_result
+
+    base = search_key(model, calibration, result.method, early_barrier, latter_barrier, seed, reference)
+    return refine_result(model, calibration, result, sorted(counts), spec, base_key=base, state_dir=state_dir(),
+                         early_barrier=early_barrier, latter_barrier=latter_barrier, batch_size=batch_size,
+                         seed=seed, progress=progress, reference=reference)
+
+
+def choose(model, tokenizer, calibration: Calibration, counts: Sequence[int], method: str = "sleb", *, refine=None,
+           validate=None, early_barrier: int = 1, latter_barrier: int = 1, batch_size: int | None = None,
+           seed: int = 0, progress: bool = True, state_path=None, reference: bool = False) -> SearchResult:
+    """The sets to remove at each count: `method`'s, swap-refined with `refine` (a `RefineSpec`), and with
+    `validate` (a `ValidateSpec`) the candidate of lowest NLL on held-out calibration windows."""
+    heldout = None
+    if validate is not None:
+        from .pick import split_calibration
+
+        calibration, heldout = split_calibration(calibration, validate)
+    opts = {"early_barrier": early_barrier, "latter_barrier": latter_barrier, "batch_size": batch_size, "seed": seed,
+            "progress": progress}
+    searched = find_removal(model, calibration, max(counts), method, state_path=state_path, reference=reference,
+                            **opts)
+    result = refine_removal(model, calibration, searched, counts, refine, reference=reference, **opts) \
+        if refine is not None else searched
+    if validate is not None:
+        from .pick import validated_result
+
+        start = time.perf_counter()
+        result = validated_result(model, tokenizer, calibration, heldout, searched, result if refine else None,
+                                  sorted(counts), validate, **opts)
+        result.settings["validation_seconds"] = round(time.perf_counter() - start, 3)
     return result
 
 
@@ -135,6 +172,7 @@ def make_record(result: SearchResult, removed_order: list[int], source, dense_pa
     return {
         "format": "sleb/1",
         "method": result.method,
+        "nested": is_nested(result.method) and not result.by_count,
         "base_model": source.base_model or source.name,
         "model_argument": source.name,
         "num_blocks_dense": result.num_blocks,
@@ -185,7 +223,8 @@ def prune(model: str | None = None, out: str | os.PathLike = "pruned", *, ratios
           early_barrier: int = 1, latter_barrier: int = 1, batch_size: int | None = None, seed: int = 0,
           device: str | None = "auto", dtype=None, save_dtype=None, overwrite: bool = False,
           progress: bool = True, state_path=None, reference: bool = False, verify: bool = True,
-          heal=None, gguf: bool = False, gguf_type: str | None = None, data_dir=None) -> list[Path]:
+          heal=None, gguf: bool = False, gguf_type: str | None = None, data_dir=None, refine=None,
+          validate=None) -> list[Path]:
     """Load, search once, and save one pruned checkpoint per ratio (or block count). Returns the folders.
 
     Each checkpoint is reloaded and compared with the model with its blocks bypassed before
@@ -193,7 +232,11 @@ def prune(model: str | None = None, out: str | os.PathLike = "pruned", *, ratios
     (a `sleb.healing.HealSpec`) each checkpoint is healed against the dense model before
     saving, and the reload is compared with the healed model instead. With `gguf` (a GGUF
     source, or any source with llama.cpp's converter and `gguf_type`) each folder also gets a
-    pruned GGUF file, checked likewise (`sleb.gguf.export`).
+    pruned GGUF file, checked likewise (`sleb.gguf.export`). With `refine` (a
+    `sleb.refine.RefineSpec`) each count's set is swap-refined (`sleb.pick.refine_result`);
+    the sets are then not nested and each checkpoint is cut from the dense model. With `validate`
+    (a `sleb.pick.ValidateSpec`) a share of the calibration windows is held out and each count's
+    set is the candidate (the method's, the refined one, each criterion's) of lowest NLL on it.
     """
     export = _plan_gguf(model, heal, verify, data_dir, progress, gguf_type) if gguf else None
     timings = {}
@@ -211,10 +254,13 @@ def prune(model: str | None = None, out: str | os.PathLike = "pruned", *, ratios
         raise SlebError(f"Output folder(s) already exist: {', '.join(clash)}; pass --overwrite to replace them.")
     spec = calibration or CalibrationSpec(seed=seed)
     calib = build_calibration(tokenizer, spec, loaded.config)
-    result = find_removal(loaded, calib, max(counts), method, early_barrier=early_barrier,
-                          latter_barrier=latter_barrier, batch_size=batch_size, seed=seed, progress=progress,
-                          state_path=state_path, reference=reference)
+    result = choose(loaded, tokenizer, calib, counts, method, refine=refine, validate=validate,
+                    early_barrier=early_barrier, latter_barrier=latter_barrier, batch_size=batch_size, seed=seed,
+                    progress=progress, state_path=state_path, reference=reference)
     timings["search_s"] = result.settings["search_seconds"]
+    for key in ("refine_seconds", "validation_seconds"):
+        if key in result.settings:
+            timings[key.replace("_seconds", "_s")] = result.settings[key]
     dense_params = parameter_count(loaded)
     gone: list[int] = []  # original indices removed from `loaded` so far
     saved = []

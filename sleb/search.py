@@ -49,10 +49,17 @@ class SearchResult:
     def max_remove(self) -> int:
         return max(self.by_count) if self.by_count else len(self.order)
 
+    def covers(self, k: int) -> bool:
+        """Whether this result holds a set for `k` blocks (a non-nested one holds only the counts it chose)."""
+        return k == 0 or (k in self.by_count if self.by_count else 0 < k <= len(self.order))
+
     def removed(self, k: int) -> list[int]:
         """The blocks to remove for a budget of `k` blocks, in removal order."""
         if k < 0 or k > self.max_remove:
             raise SlebError(f"This {self.method} result covers up to {self.max_remove} blocks, not {k}.")
+        if not self.covers(k):
+            raise SlebError(f"This {self.method} result holds sets for {sorted(self.by_count)} blocks only, not {k}: "
+                            "its sets are not nested; search again for this count.")
         if self.by_count:
             return list(self.by_count[k]) if k else []
         return self.order[:k]
@@ -155,6 +162,28 @@ class _Scorer:
         return max(cands, key=lambda c: sims[c])
 
 
+def bounded_pass(scorer: _Scorer, skip: set[int], cands: list, change, score, bound: float, bar) -> tuple[dict, dict]:
+    """Score every candidate on every micro-batch, replaying the blocks it leaves unchanged; drop a candidate
+    once its partial sum exceeds `bound`. `change(c)` gives its skip set and its lowest changed block, and
+    `score(batch_index, skip, replay)` one micro-batch's score. Returns (complete scores, partial sums dropped)."""
+    partial = dict.fromkeys(cands, 0.0)
+    active, dropped = list(cands), {}
+    for index, batch in enumerate(scorer.batches):
+        if not active:
+            break
+        outputs = scorer.record_outputs(batch, skip)
+        for c in active:
+            new_skip, lowest = change(c)
+            partial[c] += score(index, new_skip, {i: out for i, out in outputs.items() if i < lowest})
+            bar.update(1)
+        still = [c for c in active if partial[c] <= bound]
+        for c in set(active) - set(still):
+            dropped[c] = partial[c]
+            bar.update(len(scorer.batches) - index - 1)
+        active = still
+    return {c: partial[c] for c in active}, dropped
+
+
 def _fast_round(scorer: _Scorer, removed: set[int], cands: list[int], hint: list[int], bar) -> dict:
     seed = next((c for c in hint if c in cands), None)
     if seed is None:
@@ -162,23 +191,10 @@ def _fast_round(scorer: _Scorer, removed: set[int], cands: list[int], hint: list
     scores = {seed: sum(scorer.nll(b, removed | {seed}) for b in scorer.batches)}
     bound = scores[seed]
     bar.update(len(scorer.batches))
-    partial = {c: 0.0 for c in cands if c != seed}
-    active = sorted(partial)
-    dropped: dict[int, float] = {}
-    for batch_index, batch in enumerate(scorer.batches):
-        if not active:
-            break
-        outputs = scorer.record_outputs(batch, removed)
-        for c in active:
-            replay = {i: out for i, out in outputs.items() if i < c}
-            partial[c] += scorer.nll(batch, removed | {c}, replay)
-            bar.update(1)
-        still = [c for c in active if partial[c] <= bound]
-        for c in set(active) - set(still):
-            dropped[c] = partial[c]
-            bar.update(len(scorer.batches) - batch_index - 1)
-        active = still
-    scores.update({c: partial[c] for c in active})
+    rest = [c for c in cands if c != seed]
+    done, dropped = bounded_pass(scorer, removed, sorted(rest), lambda c: (removed | {c}, c),
+                                 lambda i, skip, replay: scorer.nll(scorer.batches[i], skip, replay), bound, bar)
+    scores.update(done)
     return {"scores": scores, "dropped": dropped}
 
 

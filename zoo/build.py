@@ -39,7 +39,16 @@ from sleb.gguf import open_gguf
 from sleb.gguf.convert import find_converter
 from sleb.gguf.export import GgufExport, plan_export
 from sleb.loading import DEFAULT_MODEL, load_model, model_device
-from sleb.prune import blocks_for_ratio, find_removal, gguf_extras, make_record, parameter_count, versions
+from sleb.prune import (
+    blocks_for_ratio,
+    find_removal,
+    gguf_extras,
+    make_record,
+    parameter_count,
+    refine_removal,
+    versions,
+)
+from sleb.refine import RefineSpec
 from sleb.removal import atomic_dir, remove_blocks, save_checkpoint
 from sleb.verify import Verifier
 
@@ -184,6 +193,8 @@ def prune_command(used: str, variant: Variant, settings: dict, dtype: str, devic
              "--seed", str(cal["seed"])]
     if cal["tokens"]:
         parts += ["--calib-tokens", str(cal["tokens"])]
+    if settings.get("refine"):
+        parts += ["--refine", settings["refine"]]
     parts += ["--early-barrier", str(settings["early_barrier"]), "--latter-barrier", str(settings["latter_barrier"]),
               "--device", device, "--dtype", dtype, "--out", variant.name]
     if variant.healed:
@@ -293,6 +304,10 @@ def build_base(base: Base, variants: list[Variant], out: str | os.PathLike, cach
     result = find_removal(model, calib, max(counts.values()), settings["method"],
                           early_barrier=settings["early_barrier"], latter_barrier=settings["latter_barrier"],
                           progress=progress)
+    if settings.get("refine"):  # one refined set per ratio: not nested
+        result = refine_removal(model, calib, result, sorted(set(counts.values())),
+                                RefineSpec(seeds=settings["refine"]), early_barrier=settings["early_barrier"],
+                                latter_barrier=settings["latter_barrier"], progress=progress)
     mkey = model_key(model, source)
     hw = hardware(model)
     dtype = str(next(model.parameters()).dtype).removeprefix("torch.")

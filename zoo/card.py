@@ -389,7 +389,8 @@ def model_card(record: dict, results: dict) -> ModelCard:
         architecture=results["architecture"], weights_note=results.get("weights_note"),
         reduced="; ".join(reduced), picture=PICTURE, strip=removal_strip(record), rounds=rounds,
         calibration_text=(f"{cal['num_windows']} windows x {cal['seqlen']} tokens of {cal['data']} (seed "
-                          f"{cal['seed']}); score: {settings.get('score', 'total calibration NLL')}"),
+                          f"{cal['seed']}); score: {settings.get('score', 'total calibration NLL')}"
+                          + refine_text(record)),
         barrier_text=", ".join(never) or "(none)", snippet=snippet(results), table=comparison_rows(results),
         hardware_text=hardware_text(results), speed_details=format_speed(speed) if speed else "",
         budget_lines=lines, zoo_command=results["commands"]["zoo"], prune_command=results["commands"]["prune"],
@@ -478,6 +479,18 @@ def index_readme(org: str, entries: list[dict], manifest_name: str) -> str:
     lines += ["", f"Built with `python zoo/publish.py` from `{manifest_name}` of the sleb project; `zoo.json` holds "
               "the same data for programs (the sleb demo reads it).", ""]
     return "\n".join(lines)
+
+
+def refine_text(record: dict) -> str:
+    """A sentence for a refined (non-nested) set: where it started and what the swaps gained."""
+    refine = (record.get("search", {}).get("settings") or {}).get("refine") or {}
+    step = refine.get(str(len(record["removed"])))
+    if not step:
+        return ""
+    swaps = ", ".join(f"{s['in']} back for {s['out']}" for s in step["swaps"]) or "none"
+    return (f". The set was then swap-refined from {step['seed_method']}'s {step['seed']} (swaps: {swaps}; "
+            f"calibration {step['objective'].upper()} {step['seed_score']:.2f} -> {step['score']:.2f}); refined sets "
+            "are chosen per ratio and are not nested, so this model's blocks need not include a smaller ratio's")
 
 
 def index_entry(results: dict, record: dict, record_sha256: str) -> dict:

@@ -22,6 +22,7 @@ from .yamltree import ManifestError, Node
 
 DEFAULT_SETTINGS: dict[str, Any] = {
     "method": "sleb",
+    "refine": None,  # swap refinement of each ratio's set: null, seed or all (see docs/search.md)
     "dtype": "auto",
     "device": "auto",
     "requires_gpu": False,
@@ -112,6 +113,7 @@ def _calib_source(value):
 
 LEAVES = {
     "method": _choice(METHODS),
+    "refine": _choice((None, "seed", "all")),
     "dtype": _choice(("auto", *DTYPES)),
     "device": _device,
     "requires_gpu": _bool,

@@ -19,12 +19,13 @@ from dataclasses import asdict, dataclass, field, replace
 import torch
 
 from ..calibration import CalibrationSpec, model_context
+from ..criteria import get_criterion
 from ..engines import Engine, GenSettings
 from ..errors import SlebError
 from ..evaluate import ppl_text
 from ..orders import find_order
 from ..perplexity import token_windows
-from ..prune import METHODS, find_removal, search_key, state_dir
+from ..prune import find_removal, search_key, state_dir
 from ..search import SearchResult, SearchState
 from ..speed import decode_flops, prefill_flops
 from .models import DemoConfig, LoadedModel, ModelStore
@@ -69,7 +70,7 @@ def _order_for(store: ModelStore, entry: LoadedModel, method: str, k: int) -> tu
     shipped = find_order(entry.base_id, method, entry.num_blocks)
     for result, source in ((shipped, "shipped"), (store.zoo_result(entry, method), "zoo"),
                            (entry.results.get(method), "cached search")):
-        if result is not None and result.max_remove >= k:
+        if result is not None and result.covers(k):
             return result, result.settings.get("source") or source
     return None, ""
 
@@ -80,25 +81,18 @@ def _search_state(entry: LoadedModel, calibration) -> SearchState:
     return SearchState(state_dir() / f"sleb-{key}.json", key)
 
 
-# Fast SLEB scores a candidate with about half a forward pass (prefix reuse, bounded scoring; see README).
-SEARCH_FORWARD_SHARE = 0.6
-
-
 def search_plan(store: ModelStore, entry: LoadedModel, method: str, k: int, spec: CalibrationSpec) -> dict:
     """What finding the order for `k` blocks costs: 0 rounds when it is known, else rounds and estimated time."""
+    criterion = get_criterion(method)  # an unknown method is an error here, never a free plan
     result, source = _order_for(store, entry, method, k)
     if result is not None or k == 0:
         return {"rounds": 0, "seconds": 0.0, "source": source or "none"}
     tokens = spec.tokens or spec.nsamples * spec.seqlen
-    total = entry.num_blocks
-    if method == "sleb":
+    done = 0
+    if criterion.resumable:
         done = len(_search_state(entry, entry.calibration(spec)).load()) if entry.has_calibration(spec) else 0
-        rounds = list(range(done, k))
-        forwards = sum((total - r - EARLY_BARRIER - LATTER_BARRIER) * SEARCH_FORWARD_SHARE for r in rounds)
-    elif method == "oneshot-ppl":
-        rounds, forwards = [0], total - EARLY_BARRIER - LATTER_BARRIER
-    else:  # one forward pass (block influence, angular) or none (last, random)
-        rounds, forwards = [0], 1 if method in ("block-influence", "angular") else 0
+    rounds = list(range(done, k)) if criterion.resumable else [0]
+    forwards = criterion.forwards(entry.num_blocks, k, done, EARLY_BARRIER, LATTER_BARRIER)
     seconds = forwards * tokens / entry.forward_tok_s
     return {"rounds": len(rounds), "seconds": round(seconds, 1), "tokens": tokens, "source": "search",
             "forward_tok_s": round(entry.forward_tok_s, 1)}
@@ -124,14 +118,13 @@ def removal_steps(store: ModelStore, entry: LoadedModel, method: str, k: int,
     adds rounds). A baseline is computed once up to the demo's cap. Each round takes a turn
     on the model, so other visitors' answers run between rounds.
     """
-    if method not in METHODS:
-        raise SlebError(f"Unknown method {method!r}; choose one of: {', '.join(METHODS)}.")
+    criterion = get_criterion(method)
     result, source = _order_for(store, entry, method, k)
     if result is not None:
         yield SearchStep(k, k, result, source)
         return
     calibration = entry.calibration(spec)
-    if method != "sleb":
+    if not criterion.resumable:
         with entry.turn(), entry.lock:
             result = find_removal(entry.model, calibration, max_removable(entry.num_blocks, store.config.max_ratio),
                                   method, early_barrier=EARLY_BARRIER, latter_barrier=LATTER_BARRIER, progress=False)

@@ -6,16 +6,11 @@ from __future__ import annotations
 from matplotlib.figure import Figure
 from matplotlib.patches import Rectangle
 
+from ..criteria import CRITERIA
 from ..search import SearchResult
 
 KEPT, REMOVED, BARRIER = "#cfe3f7", "#e4572e", "#d9d9d9"
 ENGINE_LABELS = {"torch": "transformers (torch)", "llamacpp": "llama.cpp (GGUF)"}
-SCORE_LABELS = {
-    "sleb": "calibration NLL / token\nafter the round",
-    "oneshot-ppl": "calibration NLL / token\nwith the block alone bypassed",
-    "block-influence": "block influence\n(1 - cos in/out)",
-    "angular": "angular distance\nof the n-block run",
-}
 
 
 def _calibration_tokens(result: SearchResult) -> int:
@@ -25,18 +20,10 @@ def _calibration_tokens(result: SearchResult) -> int:
 
 def round_scores(result: SearchResult, k: int) -> list[float]:
     """One score per removed block, in removal order; empty for methods without scores (last, random)."""
-    order = result.removed(k)
-    rounds = result.rounds or []
+    criterion = CRITERIA.get(result.method)  # a refined set has no per-round scores of its criterion
+    values = criterion.scores(result, k) if criterion else []
     tokens = _calibration_tokens(result)
-    if result.method == "sleb":
-        values = [r["score"] for r in rounds[:k] if "score" in r]
-    elif result.method == "angular":
-        values = [rounds[k - 1]["scores"][str(order[0])]] if k and len(rounds) >= k else []
-    elif rounds and "scores" in rounds[0]:
-        values = [rounds[0]["scores"][str(b)] for b in order if str(b) in rounds[0]["scores"]]
-    else:
-        values = []
-    if result.method in ("sleb", "oneshot-ppl") and tokens:
+    if criterion and criterion.per_token and tokens:
         values = [v / tokens for v in values]
     return values
 
@@ -75,7 +62,7 @@ def removal_figure(result: SearchResult | None, k: int, num_blocks: int, barrier
             scores.annotate(f"#{b}", (s, v), textcoords="offset points", xytext=(0, 6), ha="center", fontsize=7)
         scores.set_xticks(steps)
         scores.set_xlabel("removal step (the block removed)", fontsize=8)
-        scores.set_ylabel(SCORE_LABELS.get(result.method, "score"), fontsize=8)
+        scores.set_ylabel(CRITERIA[result.method].score_label, fontsize=8)
         scores.tick_params(labelsize=8)
         scores.grid(alpha=0.3)
     else:

@@ -18,8 +18,8 @@ import logging
 
 import gradio as gr
 
+from ..criteria import CRITERIA, METHODS
 from ..errors import SlebError
-from ..prune import METHODS
 from .engine import EARLY_BARRIER, LATTER_BARRIER, blocks_to_remove, plan_text, search_plan
 from .models import DemoConfig, ModelStore
 from .report import removal_figure
@@ -27,14 +27,7 @@ from .request import Request, answer, attach_healed, details_of, find_order, per
 
 log = logging.getLogger(__name__)
 
-METHOD_LABELS = {
-    "sleb": "SLEB (greedy, rescored every round)",
-    "block-influence": "block influence (ShortGPT)",
-    "angular": "angular distance (Gromov et al.)",
-    "oneshot-ppl": "one-shot perplexity (Shortened LLaMA)",
-    "last": "last blocks",
-    "random": "random blocks",
-}
+METHOD_LABELS = {name: c.label for name, c in CRITERIA.items()}
 EXAMPLES = [
     "Explain in two sentences why the sky is blue.",
     "Which city is the capital of France?",

@@ -33,16 +33,19 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     from ..calibration import build_calibration
-    from ..cli import _spec
+    from ..cli import _refine_spec, _spec
     from ..errors import SlebError
     from ..loading import load_model
-    from ..prune import find_removal
+    from ..prune import find_removal, refine_removal
 
     argv = sys.argv[1:] if argv is None else argv
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
                         format="%(asctime)s %(name)s: %(message)s", datefmt="%H:%M:%S")
     try:
+        if args.validate is not None:
+            raise SlebError("sleb.orders does not validate (a validated pick is per count, not an order); use "
+                            "`prune --validate` instead.")
         model, tokenizer, source = load_model(args.model, device=args.device, dtype=args.dtype)
         calib = build_calibration(tokenizer, _spec(args), model.config)
         base = source.base_model or source.name
@@ -51,6 +54,11 @@ def main(argv: list[str] | None = None) -> int:
             result = find_removal(model, calib, args.num_remove, method.strip(), early_barrier=args.early_barrier,
                                   latter_barrier=args.latter_barrier, batch_size=args.batch_size, seed=args.seed,
                                   progress=not args.quiet, state_path=args.state, reference=args.reference)
+            if _refine_spec(args):  # not nested: one refined set for every count the app may ask for
+                result = refine_removal(model, calib, result, list(range(1, args.num_remove + 1)), _refine_spec(args),
+                                        early_barrier=args.early_barrier, latter_barrier=args.latter_barrier,
+                                        batch_size=args.batch_size, seed=args.seed, progress=not args.quiet,
+                                        reference=args.reference)
             path = write_order(args.out_dir or orders_dir(), name, base, result, model_argument=source.name,
                                dtype=str(next(model.parameters()).dtype).removeprefix("torch."),
                                command=shlex.join(["python", "-m", "sleb.orders", *argv]))

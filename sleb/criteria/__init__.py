@@ -1,0 +1,55 @@
+"""Block-removal criteria, one module each, and the registry that every other part of sleb reads.
+
+    from sleb.criteria import CRITERIA, get_criterion
+    get_criterion("angular").label   # 'angular distance (Gromov et al.)'
+
+Adding a criterion is one module here that defines `CRITERION = Criterion(...)` (see
+`registry.Criterion`), plus its tests; it is found by scanning this package.
+"""
+
+from __future__ import annotations
+
+import importlib
+import pkgutil
+
+from ..errors import SlebError
+from .registry import Criterion, per_block_scores
+
+REFINE_SUFFIX = "+refine"
+
+
+def _discover() -> dict[str, Criterion]:
+    found = []
+    for info in pkgutil.iter_modules(__path__):
+        module = importlib.import_module(f"{__name__}.{info.name}")
+        criterion = getattr(module, "CRITERION", None)
+        if isinstance(criterion, Criterion):
+            found.append(criterion)
+    return {c.name: c for c in sorted(found, key=lambda c: (c.rank, c.name))}
+
+
+CRITERIA: dict[str, Criterion] = _discover()
+METHODS: tuple[str, ...] = tuple(CRITERIA)
+
+
+def base_method(method: str) -> str:
+    """The criterion a (possibly refined) result's method comes from: 'sleb+refine' -> 'sleb'."""
+    return method.split("+", 1)[0]
+
+
+def get_criterion(method: str) -> Criterion:
+    """The registry entry of `method` (or of the criterion a refined method started from); a clear error if none."""
+    criterion = CRITERIA.get(base_method(method))
+    if criterion is None:
+        raise SlebError(f"Unknown method {method!r}; choose one of: {', '.join(METHODS)}.")
+    return criterion
+
+
+def is_nested(method: str) -> bool:
+    """Whether a result of `method` is one removal order whose prefixes are the sets (refined sets never are;
+    a manual set is one set, not an order)."""
+    return "+" not in method and method in CRITERIA and CRITERIA[method].nested
+
+
+__all__ = ["CRITERIA", "METHODS", "REFINE_SUFFIX", "Criterion", "base_method", "get_criterion", "is_nested",
+           "per_block_scores"]

@@ -1,0 +1,56 @@
+"""The criteria registry: every consumer reads it, and an unknown method is an error everywhere."""
+
+from __future__ import annotations
+
+import pytest
+
+from sleb.blocks import BlockSwitch, find_blocks
+from sleb.calibration import Calibration
+from sleb.cli import build_parser
+from sleb.criteria import CRITERIA, METHODS, get_criterion, is_nested
+from sleb.demo.report import round_scores
+from sleb.demo.ui import METHOD_LABELS
+from sleb.errors import SlebError
+from sleb.nll import full_nll
+from sleb.prune import find_removal
+
+
+def test_cli_app_and_prune_offer_exactly_the_registry():
+    prune = build_parser()._subparsers._group_actions[0].choices["prune"]
+    method = next(a for a in prune._actions if a.dest == "method")
+    assert tuple(method.choices) == METHODS == tuple(CRITERIA)
+    assert METHODS[0] == "sleb" and {"block-influence", "angular", "oneshot-ppl", "last", "random"} <= set(METHODS)
+    assert list(METHOD_LABELS) == list(METHODS) and all(METHOD_LABELS[m] == CRITERIA[m].label for m in METHODS)
+
+
+def test_unknown_method_is_refused_not_free():
+    with pytest.raises(SlebError, match="Unknown method 'evolution'"):
+        get_criterion("evolution")
+    with pytest.raises(SlebError, match="Unknown method"):
+        find_removal(None, None, 1, "evolution")
+
+
+def test_cost_estimates_grow_with_the_work():
+    """Criteria that read data cost at least one pass; SLEB's greedy more with more rounds, less when resumed."""
+    for c in CRITERIA.values():
+        reads = c.name not in ("last", "random")
+        assert (c.forwards(30, 6, 0, 1, 1) >= 1) == reads, c.name
+    sleb = CRITERIA["sleb"]
+    assert sleb.forwards(30, 6, 0, 1, 1) > sleb.forwards(30, 3, 0, 1, 1) > sleb.forwards(30, 3, 2, 1, 1) > 0
+    assert is_nested("sleb") and not is_nested("angular") and not is_nested("sleb+refine")
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_each_criterion_scores_and_removes_through_the_registry(llama, windows, method):
+    """The registry's run gives a valid set; its per-token SLEB scores equal the model's own NLL of that set."""
+    calib = Calibration(windows=windows, info={"fingerprint": "w", "num_windows": 8, "seqlen": 32})
+    result = find_removal(llama, calib, 3, method, progress=False)
+    assert result.method == method and len(set(result.removed(3))) == 3
+    assert all(1 <= b <= 4 for b in result.removed(3))
+    if get_criterion(method).nested:
+        assert result.removed(2) == result.removed(3)[:2]
+    values = round_scores(result, 3)
+    if method == "sleb":
+        with BlockSwitch(find_blocks(llama).blocks) as switch, switch.state(skip=result.removed(3)):
+            nll = float(full_nll(llama, windows).sum()) / (8 * 31)
+        assert values[-1] == pytest.approx(nll, rel=1e-5)
