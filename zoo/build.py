@@ -277,13 +277,9 @@ def _speed(dense, pruned, tokenizer, settings: dict, key: str, hw: dict, cache: 
                        lambda: measure_speed(dense, pruned, tokenizer, **options), f"{what} speed")
 
 
-def build_base(base: Base, variants: list[Variant], out: str | os.PathLike, cache: ResultCache,
-               command: dict[str, str], progress: bool = True) -> tuple[list[Built], dict[str, str]]:
-    """Build `variants` (all of one base). Returns the staged variants and `{variant name: why not built}`."""
+def _block_counts(base: Base, variants: list[Variant], total: int) -> tuple[dict[str, int], dict[str, str]]:
+    """`{variant name: blocks to remove}` and `{variant name: why not built}` for the barriers' removable blocks."""
     settings = base.settings
-    model, tokenizer, source, used = load_base(base)
-    find_blocks(model)  # fail early if the blocks cannot be found
-    total = num_layers(model)
     removable = total - settings["early_barrier"] - settings["latter_barrier"]
     counts, failed = {}, {}
     for variant in variants:
@@ -295,96 +291,150 @@ def build_base(base: Base, variants: list[Variant], out: str | os.PathLike, cach
         counts[variant.name] = k
     if len(set(counts.values())) < len(counts):
         log.warning("Some ratios of %s give the same number of blocks: %s", base.name, counts)
-    if not counts:
-        return [], failed
+    return counts, failed
+
+
+def _search(model, tokenizer, settings: dict, counts: list[int], progress: bool):
+    """`(calibration, result)`: the base's calibration windows and its removal sets for every count."""
     cal = settings["calibration"]
     calib = build_calibration(tokenizer, CalibrationSpec(source=cal["source"], nsamples=cal["nsamples"],
                                                          seqlen=cal["seqlen"], seed=cal["seed"],
                                                          tokens=cal["tokens"]), model.config)
-    result = find_removal(model, calib, max(counts.values()), settings["method"],
-                          early_barrier=settings["early_barrier"], latter_barrier=settings["latter_barrier"],
-                          progress=progress)
+    barriers = {"early_barrier": settings["early_barrier"], "latter_barrier": settings["latter_barrier"]}
+    result = find_removal(model, calib, max(counts), settings["method"], progress=progress, **barriers)
     if settings.get("refine"):  # one refined set per ratio: not nested
-        result = refine_removal(model, calib, result, sorted(set(counts.values())),
-                                RefineSpec(seeds=settings["refine"]), early_barrier=settings["early_barrier"],
-                                latter_barrier=settings["latter_barrier"], progress=progress)
-    mkey = model_key(model, source)
-    hw = hardware(model)
-    dtype = str(next(model.parameters()).dtype).removeprefix("torch.")
-    dense_eval = _evaluate(model, tokenizer, settings, digest([mkey, []]), cache, f"{base.name} dense", progress)
-    dense_params = parameter_count(model)
+        result = refine_removal(model, calib, result, sorted(set(counts)), RefineSpec(seeds=settings["refine"]),
+                                progress=progress, **barriers)
+    return calib, result
+
+
+@dataclass
+class _BaseRun:
+    """What every variant of one base shares: the dense model, its search, its evaluation and the build options."""
+    base: Base
+    model: object
+    tokenizer: object
+    source: object
+    used: str
+    calib: object
+    result: object
+    total: int
+    cache: ResultCache
+    out: Path
+    command: dict
+    progress: bool
+
+    def __post_init__(self):
+        self.settings = self.base.settings
+        self.mkey = model_key(self.model, self.source)
+        self.hw = hardware(self.model)
+        self.dtype = str(next(self.model.parameters()).dtype).removeprefix("torch.")
+        self.dense_eval = _evaluate(self.model, self.tokenizer, self.settings, digest([self.mkey, []]), self.cache,
+                                    f"{self.base.name} dense", self.progress)
+        self.dense_params = parameter_count(self.model)
+
+
+def build_base(base: Base, variants: list[Variant], out: str | os.PathLike, cache: ResultCache,
+               command: dict[str, str], progress: bool = True) -> tuple[list[Built], dict[str, str]]:
+    """Build `variants` (all of one base). Returns the staged variants and `{variant name: why not built}`."""
+    model, tokenizer, source, used = load_base(base)
+    find_blocks(model)  # fail early if the blocks cannot be found
+    total = num_layers(model)
+    counts, failed = _block_counts(base, variants, total)
+    if not counts:
+        return [], failed
+    calib, result = _search(model, tokenizer, base.settings, list(counts.values()), progress)
+    run = _BaseRun(base, model, tokenizer, source, used, calib, result, total, cache, Path(out), command, progress)
     built = []
     for variant in tqdm([v for v in variants if v.name in counts], desc=f"variants of {base.name}",
                         disable=not progress):
-        order = result.removed(counts[variant.name])
-        pruned = copy.deepcopy(model)
-        verifier = Verifier(model, order)  # the dense model with `order` bypassed: what the saved folder must give
-        remove_blocks(pruned, order)
-        vkey = digest([mkey, order])
-        pruned_eval = _evaluate(pruned, tokenizer, settings, vkey, cache, variant.name.removesuffix("-healed"),
-                                progress)
-        speed = _speed(model, pruned, tokenizer, settings, vkey, hw, cache, variant.name)  # same architecture
-        healing = None
-        if variant.healed:
-            pruned, healing = heal_variant(model, pruned, tokenizer, order, settings, vkey, cache, progress)
-            verifier = Verifier(pruned, [], reference="the healed model in memory")
-            healing = {"unhealed": pruned_eval, "record": healing, "budget": settings["heal"]}
-            pruned_eval = _evaluate(pruned, tokenizer, settings, digest([vkey, settings["heal"]]), cache,
-                                    variant.name, progress)
-        record_key = digest({"model": mkey, "calibration": calib.info["fingerprint"], "method": result.method,
-                             "barriers": [settings["early_barrier"], settings["latter_barrier"]], "order": order})
-        record = cache.get("record", record_key)
-        if record is None:
-            fresh = make_record(result, order, source, dense_params, pruned,
-                                {"device": str(model_device(pruned)), "timings": {"search_s": result.settings.get(
-                                    "search_seconds")}})
-            fresh["base_model"] = base.base_model
-            record = cache.put("record", record_key, fresh)
-        if healing is not None:
-            record = {**record, "healing": healing["record"]}
-        results = {
-            "format": RESULTS_FORMAT,
-            "variant": variant.name,
-            "repo_id": variant.repo_id,
-            "base_model": base.base_model,
-            "license": base.license,
-            "license_name": base.license_name,
-            "license_link": base.license_link,
-            "model_loaded": used,
-            "weights_note": weights_note(base, used, source),
-            "method": record["method"],
-            "architecture": type(pruned).__name__,
-            "ratio": variant.ratio,
-            "num_blocks_dense": record["num_blocks_dense"],
-            "num_blocks": record["num_blocks"],
-            "removal_order": record["removal_order"],
-            "parameters_dense": record["parameters_dense"],
-            "parameters": record["parameters"],
-            "dtype": dtype,
-            "calibration": calib.info,
-            "budget": {"calibration": cal, "eval": settings["eval"], "speed": settings["speed"]},
-            "dense": dense_eval,
-            "pruned": pruned_eval,
-            "speed": speed,
-            "healing": healing,
-            "hardware": hw,
-            "versions": _versions(),
-            "chat_template": bool(getattr(tokenizer, "chat_template", None)),
-            "commands": {"zoo": command[variant.name],
-                         "prune": prune_command(used, variant, settings, dtype, hw["device"])},
-        }
-        export = variant_gguf(source, variant, progress)
-        kept = record["num_blocks"]
-        results["gguf"] = {"file": export.file_name(kept, total), "type": export.gguf_type or source_gguf_type(source),
-                           "made_by": "llama.cpp's converter" if export.converter else "tensors copied from the "
-                           f"source GGUF `{source.gguf_file}`"} if export else None
-        folder = Path(out) / variant.name
-        write_gguf = gguf_extras(export, order, total, verifier, tokenizer) if export else None
-        changed = stage(folder, pruned, tokenizer, record, results, verifier, write_gguf)
-        built.append(Built(variant, folder, json.loads((folder / "sleb.json").read_text()), results, changed))
-        del pruned
+        built.append(_build_variant(run, variant, counts[variant.name]))
         gc.collect()
     return built, failed
+
+
+def _build_variant(run: _BaseRun, variant: Variant, k: int) -> Built:
+    """Cut, evaluate, time, heal if asked, and stage one variant's folder (with its `.gguf` where it gets one)."""
+    settings, model = run.settings, run.model
+    order = run.result.removed(k)
+    pruned = copy.deepcopy(model)
+    verifier = Verifier(model, order)  # the dense model with `order` bypassed: what the saved folder must give
+    remove_blocks(pruned, order)
+    vkey = digest([run.mkey, order])
+    pruned_eval = _evaluate(pruned, run.tokenizer, settings, vkey, run.cache, variant.name.removesuffix("-healed"),
+                            run.progress)
+    speed = _speed(model, pruned, run.tokenizer, settings, vkey, run.hw, run.cache, variant.name)  # same architecture
+    healing = None
+    if variant.healed:
+        pruned, healing = heal_variant(model, pruned, run.tokenizer, order, settings, vkey, run.cache, run.progress)
+        verifier = Verifier(pruned, [], reference="the healed model in memory")
+        healing = {"unhealed": pruned_eval, "record": healing, "budget": settings["heal"]}
+        pruned_eval = _evaluate(pruned, run.tokenizer, settings, digest([vkey, settings["heal"]]), run.cache,
+                                variant.name, run.progress)
+    record = _variant_record(run, order, pruned)
+    if healing is not None:
+        record = {**record, "healing": healing["record"]}
+    results = _variant_results(run, variant, record, pruned, {"pruned": pruned_eval, "speed": speed,
+                                                              "healing": healing})
+    export = variant_gguf(run.source, variant, run.progress)
+    results["gguf"] = {
+        "file": export.file_name(record["num_blocks"], run.total),
+        "type": export.gguf_type or source_gguf_type(run.source),
+        "made_by": "llama.cpp's converter" if export.converter else "tensors copied from the "
+        f"source GGUF `{run.source.gguf_file}`"} if export else None
+    folder = run.out / variant.name
+    write_gguf = gguf_extras(export, order, run.total, verifier, run.tokenizer) if export else None
+    changed = stage(folder, pruned, run.tokenizer, record, results, verifier, write_gguf)
+    return Built(variant, folder, json.loads((folder / "sleb.json").read_text()), results, changed)
+
+
+def _variant_record(run: _BaseRun, order: list[int], pruned) -> dict:
+    """The variant's `sleb.json` record, cached by model, calibration, method, barriers and order."""
+    settings = run.settings
+    record_key = digest({"model": run.mkey, "calibration": run.calib.info["fingerprint"], "method": run.result.method,
+                         "barriers": [settings["early_barrier"], settings["latter_barrier"]], "order": order})
+    record = run.cache.get("record", record_key)
+    if record is None:
+        fresh = make_record(run.result, order, run.source, run.dense_params, pruned,
+                            {"device": str(model_device(pruned)),
+                             "timings": {"search_s": run.result.settings.get("search_seconds")}})
+        fresh["base_model"] = run.base.base_model
+        record = run.cache.put("record", record_key, fresh)
+    return record
+
+
+def _variant_results(run: _BaseRun, variant: Variant, record: dict, pruned, measured: dict) -> dict:
+    """`results.json`: every number and fact the card shows, from the record and the measurements."""
+    base, settings = run.base, run.settings
+    return {
+        "format": RESULTS_FORMAT,
+        "variant": variant.name,
+        "repo_id": variant.repo_id,
+        "base_model": base.base_model,
+        "license": base.license,
+        "license_name": base.license_name,
+        "license_link": base.license_link,
+        "model_loaded": run.used,
+        "weights_note": weights_note(base, run.used, run.source),
+        "method": record["method"],
+        "architecture": type(pruned).__name__,
+        "ratio": variant.ratio,
+        "num_blocks_dense": record["num_blocks_dense"],
+        "num_blocks": record["num_blocks"],
+        "removal_order": record["removal_order"],
+        "parameters_dense": record["parameters_dense"],
+        "parameters": record["parameters"],
+        "dtype": run.dtype,
+        "calibration": run.calib.info,
+        "budget": {"calibration": settings["calibration"], "eval": settings["eval"], "speed": settings["speed"]},
+        "dense": run.dense_eval,
+        **measured,
+        "hardware": run.hw,
+        "versions": _versions(),
+        "chat_template": bool(getattr(run.tokenizer, "chat_template", None)),
+        "commands": {"zoo": run.command[variant.name],
+                     "prune": prune_command(run.used, variant, settings, run.dtype, run.hw["device"])},
+    }
 
 
 def variant_gguf(source, variant: Variant, progress: bool):
