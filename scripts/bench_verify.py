@@ -27,6 +27,7 @@ import torch  # noqa: E402
 
 from sleb.blocks import find_blocks  # noqa: E402
 from sleb.errors import SlebError  # noqa: E402
+from sleb.files import read_record
 from sleb.loading import load_model  # noqa: E402
 from sleb.removal import remove_blocks, save_checkpoint  # noqa: E402
 from sleb.verify import Verifier  # noqa: E402
@@ -45,7 +46,7 @@ def save(model, tokenizer, folder: Path, dtype, verifier) -> dict:
         out = save_checkpoint(model, tokenizer, folder, {"format": "sleb/1"}, dtype=dtype, verifier=verifier)
     except SlebError as exc:
         return {"verdict": "refused", "message": str(exc)[:160]}
-    return {"verdict": "accepted", **json.loads((out / "sleb.json").read_text())["verification"]}
+    return {"verdict": "accepted", **read_record(out)["verification"]}
 
 
 def main() -> None:

@@ -43,6 +43,7 @@ from sleb.calibration import CalibrationSpec  # noqa: E402
 from sleb.data import LOCAL_FILES, data_dir  # noqa: E402
 from sleb.devices import devices_of, head_device, input_device  # noqa: E402
 from sleb.evaluate import ppl_text  # noqa: E402
+from sleb.files import read_record  # noqa: E402
 from sleb.loading import load_model  # noqa: E402
 from sleb.perplexity import perplexity, token_windows  # noqa: E402
 from sleb.prune import prune  # noqa: E402
@@ -134,13 +135,13 @@ def run(args) -> dict:
     out = work / "pruned"
     spec = calibration_spec(work, args.seqlen)
     folders = step(report, "search_prune", lambda: (lambda f: (f, {
-        "order": json.loads((f[0] / "sleb.json").read_text())["removal_order"],
-        "search_s": json.loads((f[0] / "sleb.json").read_text())["timings"]["search_s"]}))(
+        "order": read_record(f[0])["removal_order"],
+        "search_s": read_record(f[0])["timings"]["search_s"]}))(
         prune(model_name, out, num_remove=[args.num_remove], calibration=spec, device=device, dtype=args.dtype,
               progress=False, state_path=work / "search-state.json")))
     if folders is None:
         return report
-    record = json.loads((folders[0] / "sleb.json").read_text())
+    record = read_record(folders[0])
     order = record["removal_order"]
     text, source = evaluation_text()
     windows = token_windows(tokenizer, text[: 200 * args.seqlen], args.seqlen, args.eval_windows)

@@ -15,6 +15,8 @@ from pathlib import Path
 
 from .calibration import CalibrationSpec, build_calibration
 from .errors import SlebError
+from .files import RECORD_FILE, read_record, record_path
+from .healing.methods import HEAL_METHODS
 
 log = logging.getLogger("sleb")
 
@@ -88,6 +90,25 @@ def _gguf_arg(p: argparse.ArgumentParser) -> None:
                    help="with --gguf on a non-GGUF source: the converted file's type (default f16)")
 
 
+def _heal_parser(sub) -> None:
+    """`sleb heal PRUNED --out DIR`: its own subcommand, options shared with `prune --heal`."""
+    p = sub.add_parser("heal", help="heal a pruned checkpoint (linear fold and/or distillation) into a new one")
+    p.add_argument("pruned", help=f"pruned checkpoint folder (with {RECORD_FILE}, else give --dense and --blocks)")
+    p.add_argument("--out", required=True, help="folder for the healed checkpoint")
+    p.add_argument("--method", default="linear+distill", choices=HEAL_METHODS,
+                   help="healing steps (default linear+distill)")
+    p.add_argument("--dense", help=f"the dense model it was pruned from (default: from {RECORD_FILE})")
+    p.add_argument("--blocks", help=f"removed block indices when there is no {RECORD_FILE}, e.g. 5,13,14")
+    p.add_argument("--device", default="auto", help="auto, cpu, cuda, ...")
+    p.add_argument("--overwrite", action="store_true")
+    p.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
+    p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    _heal_args(p)
+    _verify_arg(p)
+    p.add_argument("--ppl", default="", help="also evaluate perplexity before and after: wikitext2,c4")
+    p.add_argument("--max-windows", type=int, help="at most this many perplexity windows per set")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="sleb", description=__doc__.split("\n\n")[0])
     sub = parser.add_subparsers(dest="command", required=True)
@@ -101,24 +122,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--save-dtype", help="dtype of the saved weights (default: as loaded)")
     _verify_arg(p)
     _gguf_arg(p)
-    p.add_argument("--heal", choices=("linear", "distill", "linear+distill"), help="heal each checkpoint after pruning")
+    p.add_argument("--heal", choices=HEAL_METHODS, help="heal each checkpoint after pruning")
     _heal_args(p)
 
-    p = sub.add_parser("heal", help="heal a pruned checkpoint (linear fold and/or distillation) into a new one")
-    p.add_argument("pruned", help="pruned checkpoint folder (with sleb.json, else give --dense and --blocks)")
-    p.add_argument("--out", required=True, help="folder for the healed checkpoint")
-    p.add_argument("--method", default="linear+distill", choices=("linear", "distill", "linear+distill"),
-                   help="healing steps (default linear+distill)")
-    p.add_argument("--dense", help="the dense model it was pruned from (default: from sleb.json)")
-    p.add_argument("--blocks", help="removed block indices when there is no sleb.json, e.g. 5,13,14")
-    p.add_argument("--device", default="auto", help="auto, cpu, cuda, ...")
-    p.add_argument("--overwrite", action="store_true")
-    p.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
-    p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
-    _heal_args(p)
-    _verify_arg(p)
-    p.add_argument("--ppl", default="", help="also evaluate perplexity before and after: wikitext2,c4")
-    p.add_argument("--max-windows", type=int, help="at most this many perplexity windows per set")
+    _heal_parser(sub)
 
     p = sub.add_parser("search", help="find the removal order only; print it and write it as JSON")
     _model_args(p)
@@ -230,7 +237,7 @@ def cmd_heal(args) -> int:
     out = heal(args.pruned, args.out, _heal_spec(args, args.method), dense=args.dense,
                removed=_ints(args.blocks, "--blocks") if args.blocks else None, device=args.device,
                overwrite=args.overwrite, progress=not args.quiet, verify=args.verify)
-    record = json.loads((out / "sleb.json").read_text())["healing"]
+    record = read_record(out)["healing"]
     log.info("Healed %s -> %s in %.1f s: held-out NLL %.4f -> %.4f (dense %.4f)", args.pruned, out,
              record["seconds"], record["heldout_before"]["nll"], record["heldout_after"]["nll"],
              record["heldout_dense_nll"])
@@ -302,7 +309,7 @@ def cmd_prune(args) -> int:
                   heal=_heal_spec(args, args.heal) if args.heal else None, gguf=args.gguf, gguf_type=args.gguf_type,
                   data_dir=args.data_dir, refine=_refine_spec(args), validate=_validate_spec(args))
     for path in saved:
-        record = json.loads((path / "sleb.json").read_text())
+        record = read_record(path)
         log.info("%s: removed %s (%d -> %d blocks)", path, record["removal_order"], record["num_blocks_dense"],
                  record["num_blocks"])
     return 0
@@ -482,7 +489,7 @@ def cmd_eval(args) -> int:
     ppl = parse_names(args.ppl, PPL_SETS, "perplexity set")
     tasks = parse_names(args.zeroshot, ZEROSHOT_TASKS, "zero-shot task")
     model, tokenizer, source = load_model(args.model, device=args.device, dtype=args.dtype)
-    record_file = Path(source.path) / "sleb.json"
+    record_file = record_path(source.path)
     result = {"model": source.name, "sleb": json.loads(record_file.read_text()) if record_file.is_file() else None,
               "dtype": str(next(model.parameters()).dtype).removeprefix("torch."), "versions": versions()}
     if result["sleb"] is None:

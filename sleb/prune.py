@@ -25,8 +25,9 @@ from .calibration import Calibration, CalibrationSpec, build_calibration
 from .criteria import METHODS, get_criterion, is_nested
 from .devices import devices_of
 from .errors import SlebError
+from .files import search_state_path, state_dir
 from .fingerprint import weights_fingerprint
-from .loading import cache_dir, load_model
+from .loading import load_model
 from .removal import remove_blocks, save_checkpoint
 from .search import SearchResult, SearchState
 from .verify import Verifier
@@ -42,10 +43,6 @@ def blocks_for_ratio(total: int, ratio: float) -> int:
     if not 0 < ratio < 1:
         raise SlebError(f"A removal ratio must lie strictly between 0 and 1, got {ratio}.")
     return max(1, round(ratio * total))
-
-
-def state_dir() -> Path:
-    return Path(os.environ.get("SLEB_STATE_DIR") or cache_dir() / "searches")
 
 
 def search_key(model, calibration: Calibration, method: str, early_barrier: int, latter_barrier: int,
@@ -76,7 +73,7 @@ def find_removal(model, calibration: Calibration, num_remove: int, method: str =
     if criterion.name != method:
         raise SlebError(f"Unknown method {method!r}; choose one of: {', '.join(METHODS)} (refine with refine=).")
     key = search_key(model, calibration, method, early_barrier, latter_barrier, seed, reference)
-    path = Path(state_path) if state_path else state_dir() / f"{method}-{key}.json"
+    path = Path(state_path) if state_path else search_state_path(method, key)
     start = time.perf_counter()
     if criterion.resumable:
         result = criterion.run(model, calibration.windows, num_remove, early_barrier, latter_barrier, batch_size,

@@ -21,6 +21,7 @@ from torch import nn
 
 from .blocks import find_blocks, num_layers, text_config
 from .errors import SlebError
+from .files import record_path
 from .layermap import built_signatures, index_attributes, remap_config, signatures
 
 log = logging.getLogger(__name__)
@@ -198,6 +199,6 @@ def save_checkpoint(model, tokenizer, out, record: dict | None = None, overwrite
         added = extras(tmp) if extras is not None else {}
         if record is not None:
             record = {**record, "verification": verification, **added}
-            (tmp / "sleb.json").write_text(json.dumps(record, indent=2) + "\n")
+            record_path(tmp).write_text(json.dumps(record, indent=2) + "\n")
     log.info("Saved %s", out)
     return Path(out)

@@ -89,3 +89,19 @@ def test_sleb_has_no_import_cycle():
     assert "sleb.prune" in graph["sleb"], "the graph lost the package's own imports"
     assert find_cycle(graph) is None, " -> ".join(find_cycle(graph))
 
+
+
+MAX_FUNCTION_LINES = 80
+
+
+def test_no_function_is_too_long():
+    """Functions in sleb/, zoo/ and app.py stay short enough to read at once."""
+    paths = [*(ROOT / "sleb").rglob("*.py"), *(ROOT / "zoo").rglob("*.py"), ROOT / "app.py"]
+    long_ones = []
+    for path in paths:
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+                lines = node.end_lineno - node.lineno + 1
+                if lines > MAX_FUNCTION_LINES:
+                    long_ones.append(f"{path.relative_to(ROOT)}:{node.lineno} {node.name} ({lines} lines)")
+    assert not long_ones, "split these functions: " + ", ".join(long_ones)

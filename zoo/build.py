@@ -34,6 +34,7 @@ from sleb.blocks import find_blocks, num_layers
 from sleb.calibration import CalibrationSpec, build_calibration
 from sleb.data import data_dir
 from sleb.evaluate import evaluate_ppl
+from sleb.files import RECORD_FILE, is_sleb_checkpoint, read_record, record_path
 from sleb.fingerprint import weights_fingerprint
 from sleb.gguf import open_gguf
 from sleb.gguf.convert import find_converter
@@ -385,7 +386,7 @@ def _build_variant(run: _BaseRun, variant: Variant, k: int) -> Built:
     folder = run.out / variant.name
     write_gguf = gguf_extras(export, order, run.total, verifier, run.tokenizer) if export else None
     changed = stage(folder, pruned, run.tokenizer, record, results, verifier, write_gguf)
-    return Built(variant, folder, json.loads((folder / "sleb.json").read_text()), results, changed)
+    return Built(variant, folder, read_record(folder), results, changed)
 
 
 def _variant_record(run: _BaseRun, order: list[int], pruned) -> dict:
@@ -463,10 +464,10 @@ def heal_variant(dense, pruned, tokenizer, order: list[int], settings: dict, vke
 
     heal = settings["heal"]
     folder = cache.root / "healed" / digest([vkey, heal])
-    if (folder / "config.json").is_file() and (folder / "sleb.json").is_file():
+    if is_sleb_checkpoint(folder):
         log.info("Healed checkpoint: cached (%s)", folder)
         healed = type(pruned).from_pretrained(folder, dtype=next(pruned.parameters()).dtype).to(model_device(pruned))
-        return healed.eval(), json.loads((folder / "sleb.json").read_text())["healing"]
+        return healed.eval(), read_record(folder)["healing"]
     spec = HealSpec(methods=parse_methods(heal["method"]), source=heal["source"], seqlen=heal["seqlen"],
                     linear_tokens=heal["linear_tokens"],
                     distill=DistillSpec(tokens=heal["tokens"], lr=heal["lr"], lm_weight=heal["lm_weight"],
@@ -500,7 +501,7 @@ def stage(folder: Path, pruned, tokenizer, record: dict, results: dict, verifier
                                      "results_sha256": hashlib.sha256(results_text.encode()).hexdigest()}}
     record_text = dump_json(full_record)
     card_text = str(card.model_card(full_record, json.loads(results_text)))
-    wanted = {"sleb.json": record_text, "results.json": results_text, "README.md": card_text}
+    wanted = {RECORD_FILE: record_text, "results.json": results_text, "README.md": card_text}
     files = [results["gguf"]["file"]] if results.get("gguf") else []
     if _complete(folder, wanted, files):
         log.info("%s is up to date", folder)
@@ -515,7 +516,7 @@ def stage(folder: Path, pruned, tokenizer, record: dict, results: dict, verifier
         if write_gguf is not None:
             checked.update(write_gguf(tmp))
         if checked != full_record:
-            (tmp / "sleb.json").write_text(dump_json(checked), encoding="utf-8")
+            record_path(tmp).write_text(dump_json(checked), encoding="utf-8")
         card.removal_picture(full_record, tmp / card.PICTURE)
     log.info("Staged %s", folder)
     return True
@@ -531,7 +532,7 @@ def _complete(folder: Path, wanted: dict[str, str], files: list[str] = ()) -> bo
         if not path.is_file():
             return False
         found = path.read_text(encoding="utf-8")
-        if name == "sleb.json":  # the record as staged, without what writing added (verification, gguf)
+        if name == RECORD_FILE:  # the record as staged, without what writing added (verification, gguf)
             found = dump_json({k: v for k, v in json.loads(found).items() if k not in ("verification", "gguf")})
         if found != text:
             return False

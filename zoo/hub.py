@@ -26,10 +26,11 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from sleb.errors import SlebError
+from sleb.files import RECORD_FILE
 
 log = logging.getLogger(__name__)
 
-KEY_FILE = "sleb.json"
+KEY_FILE = RECORD_FILE
 CARD_FILE = "README.md"
 INDEX_KEY_FILE = "zoo.json"
 

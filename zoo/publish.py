@@ -30,6 +30,7 @@ if __package__ in (None, ""):  # run as a script: make the `zoo` package importa
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from sleb.errors import SlebError  # noqa: E402
+from sleb.files import read_record, record_path
 from sleb.loading import cache_dir  # noqa: E402
 from sleb.orders import write_order  # noqa: E402
 from sleb.removal import atomic_dir  # noqa: E402
@@ -136,14 +137,14 @@ def index_entries(manifest: Manifest, out: Path, confirmed) -> list[tuple[dict, 
     entries = []
     for variant in manifest.variants:
         folder = out / variant.name
-        if not (folder / "results.json").is_file() or not (folder / "sleb.json").is_file():
+        if not (folder / "results.json").is_file() or not record_path(folder).is_file():
             continue
         results = json.loads((folder / "results.json").read_text())
         if results.get("repo_id") != variant.repo_id:
             continue
-        sha = sha256_file(folder / "sleb.json")
+        sha = sha256_file(record_path(folder))
         if confirmed(variant, folder, sha):
-            entries.append((results, json.loads((folder / "sleb.json").read_text()), sha))
+            entries.append((results, read_record(folder), sha))
     return entries
 
 

@@ -23,9 +23,10 @@ from ..criteria import get_criterion
 from ..engines import Engine, GenSettings
 from ..errors import SlebError
 from ..evaluate import ppl_text
+from ..files import search_state_path
 from ..orders import find_order
 from ..perplexity import token_windows
-from ..prune import find_removal, search_key, state_dir
+from ..prune import find_removal, search_key
 from ..search import SearchResult, SearchState
 from ..speed import decode_flops, prefill_flops
 from .models import DemoConfig, LoadedModel, ModelStore
@@ -78,7 +79,7 @@ def _order_for(store: ModelStore, entry: LoadedModel, method: str, k: int) -> tu
 def _search_state(entry: LoadedModel, calibration) -> SearchState:
     """find_removal's own state file, named here so the rounds already done can be read and skipped."""
     key = search_key(entry.model, calibration, "sleb", EARLY_BARRIER, LATTER_BARRIER, 0, False)
-    return SearchState(state_dir() / f"sleb-{key}.json", key)
+    return SearchState(search_state_path("sleb", key), key)
 
 
 def search_plan(store: ModelStore, entry: LoadedModel, method: str, k: int, spec: CalibrationSpec) -> dict:

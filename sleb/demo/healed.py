@@ -27,6 +27,7 @@ from pathlib import Path
 
 from ..blocks import num_layers
 from ..errors import SlebError
+from ..files import is_sleb_checkpoint, read_record
 from ..healing import HealSpec, cached_heal, cached_heal_dir
 from ..loading import load_model
 from ..prune import blocks_for_ratio
@@ -50,7 +51,7 @@ class HealedCheckpoint:
     @classmethod
     def read(cls, folder: Path, source: str) -> HealedCheckpoint:
         try:
-            record = json.loads((folder / "sleb.json").read_text())
+            record = read_record(folder)
         except (OSError, json.JSONDecodeError):
             record = {}
         removed = record.get("removal_order") or record.get("removed")
@@ -115,7 +116,7 @@ def find_healed(store: ModelStore, entry: LoadedModel, method: str, k: int,
         folder = cached_heal_dir(entry.name, removed, store.config.heal_spec)
     except SlebError:
         return None
-    if (folder / "config.json").is_file() and (folder / "sleb.json").is_file():
+    if is_sleb_checkpoint(folder):
         return HealedCheckpoint.read(folder, "healed here (sleb cache)")
     return None
 
@@ -207,7 +208,7 @@ def heal_in_background(store: ModelStore) -> threading.Thread | None:
         return None
     removed = result.removed(k)
     folder = cached_heal_dir(entry.name, removed, store.config.heal_spec)
-    if (folder / "config.json").is_file() and (folder / "sleb.json").is_file():
+    if is_sleb_checkpoint(folder):
         log.info("SLEB_APP_HEAL: %s without blocks %s is healed already (%s)", entry.name, removed, folder)
         return None
     thread = threading.Thread(target=_heal, args=(entry.name, removed, store.config.heal_spec), daemon=True,

@@ -23,6 +23,7 @@ from pathlib import Path
 
 import yaml
 
+from ..files import RECORD_FILE, record_path
 from ..loading import DEFAULT_BASE_ID, DEFAULT_MODEL
 from ..names import variant_name
 from ..search import SearchResult
@@ -117,7 +118,7 @@ class ZooOrders:
 
     @staticmethod
     def _record(variant: ZooVariant) -> dict | None:
-        local = zoo_dir() / variant.name / "sleb.json"
+        local = record_path(zoo_dir() / variant.name)
         if local.is_file():
             return json.loads(local.read_text())
         from huggingface_hub import constants, hf_hub_download
@@ -125,7 +126,7 @@ class ZooOrders:
         if not hub_online() or constants.is_offline_mode():
             return None
         try:
-            return json.loads(Path(hf_hub_download(variant.repo, "sleb.json")).read_text())
+            return json.loads(Path(hf_hub_download(variant.repo, RECORD_FILE)).read_text())
         except Exception as exc:  # not published yet, or the Hub is unreachable: the demo searches itself
             log.info("No zoo order from %s (%s)", variant.repo, type(exc).__name__)
             return None

@@ -12,7 +12,8 @@ from .data import HealData, heal_data
 from .distill import DistillSpec, distill
 from .linear import fit_linear, residual_writer
 from .match import check_match
-from .run import HEAL_METHODS, HealSpec, heal, heal_model, parse_methods
+from .methods import HEAL_METHODS
+from .run import HealSpec, heal, heal_model, parse_methods
 
 __all__ = [
     "DistillSpec", "HEAL_METHODS", "HealData", "HealSpec", "cached_heal", "cached_heal_dir", "check_match", "distill",

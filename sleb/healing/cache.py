@@ -15,6 +15,7 @@ from dataclasses import asdict
 from pathlib import Path
 
 from ..blocks import num_layers
+from ..files import is_sleb_checkpoint
 from ..loading import cache_dir, load_model, resolve
 from ..removal import check_removal, remove_blocks, save_checkpoint
 from ..verify import Verifier
@@ -39,7 +40,7 @@ def cached_heal(model: str, removed: list[int], spec: HealSpec | None = None, de
     """
     spec = spec or HealSpec()
     folder = cached_heal_dir(model, removed, spec)
-    if (folder / "config.json").is_file() and (folder / "sleb.json").is_file():
+    if is_sleb_checkpoint(folder):
         return folder
     dense, tokenizer, source = load_model(model, device=device, dtype="float32")
     removed = check_removal(num_layers(dense), removed)

@@ -15,6 +15,7 @@ import torch
 
 from ..devices import offloaded_modules
 from ..errors import SlebError
+from ..files import record_path
 from ..fingerprint import weights_fingerprint
 from ..loading import cache_dir, load_model
 from ..removal import save_checkpoint
@@ -24,10 +25,10 @@ from .distill import DistillSpec, distill, heldout_scores, teacher_logprobs
 from .generated import GenerateSpec
 from .linear import fit_linear, fold_problem
 from .match import check_match
+from .methods import HEAL_METHODS
 
 log = logging.getLogger(__name__)
 
-HEAL_METHODS = ("linear", "distill", "linear+distill")
 
 
 @dataclass
@@ -89,7 +90,7 @@ def heal_model(dense, pruned, tokenizer, removed: list[int], spec: HealSpec, pro
     start = time.perf_counter()
     for m in spec.methods:
         if m not in ("linear", "distill"):
-            raise SlebError(f"Unknown healing step {m!r}; use linear, distill or linear+distill.")
+            raise SlebError(f"Unknown healing step {m!r}; use one of: {', '.join(HEAL_METHODS)}.")
     for model, name in ((dense, dense_name), (pruned, "the pruned model")):
         require_in_memory(model, name)
     try:
@@ -160,7 +161,7 @@ def _evaluate(model, tokenizer, spec: HealSpec, progress: bool) -> dict:
 
 
 def read_record(folder: str | os.PathLike) -> dict | None:
-    path = Path(folder) / "sleb.json"
+    path = record_path(folder)
     if not path.is_file():
         return None
     try:
