@@ -24,11 +24,11 @@ from pathlib import Path
 import torch
 from gguf import GGUFReader
 
+from sleb.evaluation.perplexity import perplexity
 from sleb.gguf import write_pruned_gguf
 from sleb.gguf.verify import llamacpp_available, llamacpp_perplexity, wikitext_windows
 from sleb.loading import DEFAULT_BASE_ID, default_gguf
 from sleb.orders import find_order
-from sleb.perplexity import perplexity
 from sleb.prune import blocks_for_ratio
 
 log = logging.getLogger("bench_gguf")

@@ -6,8 +6,8 @@
 
 Every stage (one healing, or one evaluation of one variant) is written to the result file as
 soon as it ends and skipped when run again; healed checkpoints are kept in --work. Perplexity
-uses `sleb.evaluate` (WikiText-2 test and the C4 evaluation rows, windows of 2048 tokens),
-zero-shot `sleb.zeroshot` (the five tasks, --limit documents each). Healing time and peak
+uses `sleb.evaluation.heldout` (WikiText-2 test and the C4 evaluation rows, windows of 2048 tokens),
+zero-shot `sleb.evaluation.zeroshot` (the five tasks, --limit documents each). Healing time and peak
 memory (the process's resident-set high-water mark, reset before each healing) are measured
 per healing, with the CPU time (all threads) and the load average, since the machine may be
 shared. Each variant is healed, then its perplexity measured; zero-shot runs last for all of
@@ -28,11 +28,11 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 import torch  # noqa: E402
 
-from sleb.evaluate import evaluate_ppl  # noqa: E402
+from sleb.evaluation.heldout import evaluate_ppl  # noqa: E402
+from sleb.evaluation.zeroshot import ZEROSHOT_TASKS, evaluate_zeroshot  # noqa: E402
 from sleb.healing import DistillSpec, HealSpec, heal_model  # noqa: E402
 from sleb.loading import cache_dir, load_model  # noqa: E402
 from sleb.removal import remove_blocks, save_checkpoint  # noqa: E402
-from sleb.zeroshot import ZEROSHOT_TASKS, evaluate_zeroshot  # noqa: E402
 
 log = logging.getLogger("bench_heal")
 # The shipped SLEB order's first 6 of SmolLM2's 30 blocks (sleb/orders: 2,048 C4 calibration tokens, seed 0).

@@ -138,7 +138,7 @@ class Study:
     # -- evaluations -------------------------------------------------------------------------
     def evaluate(self, removed: list[int]) -> dict:
         """Perplexity (and zero-shot) of the model with `removed` physically removed; cached per block set."""
-        from sleb.evaluate import evaluate_ppl, ppl_text
+        from sleb.evaluation.heldout import evaluate_ppl, ppl_text
 
         path = self.out / "evals" / f"{removed_key(removed)}.json"
         entry = read_json(path) or {"removed": sorted(removed)}
@@ -161,7 +161,7 @@ class Study:
             log.info("%s: WikiText-2 %.2f, C4 %.2f", removed_key(removed), entry["ppl"]["wikitext2"]["perplexity"],
                      entry["ppl"]["c4"]["perplexity"])
         if want_zs and not self.out_of_time():
-            from sleb.zeroshot import evaluate_zeroshot
+            from sleb.evaluation.zeroshot import evaluate_zeroshot
 
             start = time.perf_counter()
             entry["zeroshot"] = evaluate_zeroshot(pruned, tokenizer, limit=self.args.zeroshot_limit, batch_size=8)

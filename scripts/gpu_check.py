@@ -42,10 +42,10 @@ from sleb.blocks import BlockSwitch, find_blocks  # noqa: E402
 from sleb.calibration import CalibrationSpec  # noqa: E402
 from sleb.data import LOCAL_FILES, data_dir  # noqa: E402
 from sleb.devices import devices_of, head_device, input_device  # noqa: E402
-from sleb.evaluate import ppl_text  # noqa: E402
+from sleb.evaluation.heldout import ppl_text  # noqa: E402
+from sleb.evaluation.perplexity import perplexity, token_windows  # noqa: E402
 from sleb.files import read_record  # noqa: E402
 from sleb.loading import load_model  # noqa: E402
-from sleb.perplexity import perplexity, token_windows  # noqa: E402
 from sleb.prune import prune  # noqa: E402
 from sleb.speed import measure_speed  # noqa: E402
 

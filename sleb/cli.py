@@ -481,10 +481,10 @@ def _write_json(path: str, payload: dict) -> None:
 
 
 def cmd_eval(args) -> int:
-    from .evaluate import PPL_SETS, evaluate_ppl, parse_names
+    from .evaluation.heldout import PPL_SETS, evaluate_ppl, parse_names
+    from .evaluation.zeroshot import ZEROSHOT_TASKS, evaluate_zeroshot
     from .loading import load_model
     from .prune import versions
-    from .zeroshot import ZEROSHOT_TASKS, evaluate_zeroshot
 
     ppl = parse_names(args.ppl, PPL_SETS, "perplexity set")
     tasks = parse_names(args.zeroshot, ZEROSHOT_TASKS, "zero-shot task")
@@ -570,9 +570,9 @@ def cmd_bench(args) -> int:
 
 def cmd_compare(args) -> int:
     from .compare import compare
-    from .evaluate import PPL_SETS, parse_names
+    from .evaluation.heldout import PPL_SETS, parse_names
+    from .evaluation.zeroshot import ZEROSHOT_TASKS
     from .prune import METHODS, parse_ratios
-    from .zeroshot import ZEROSHOT_TASKS
 
     _no_choice_options(args, "compare")
     report = compare(args.model, parse_ratios(args.ratios), parse_names(args.methods, METHODS, "method"),

@@ -18,7 +18,7 @@ from pathlib import Path
 from .blocks import BlockSwitch, find_blocks, num_layers
 from .calibration import CalibrationSpec, build_calibration
 from .criteria import CRITERIA, get_criterion
-from .evaluate import evaluate_ppl
+from .evaluation.heldout import evaluate_ppl
 from .loading import load_model
 from .prune import blocks_for_ratio, find_removal, versions
 from .removal import remove_blocks
@@ -32,7 +32,7 @@ def _evaluate(model, tokenizer, ppl, zeroshot, opts) -> dict:
     out = {"ppl": evaluate_ppl(model, tokenizer, ppl, opts["seqlen"], opts["max_windows"], data_root=opts["data_dir"],
                                progress=opts["progress"])}
     if zeroshot:
-        from .zeroshot import evaluate_zeroshot
+        from .evaluation.zeroshot import evaluate_zeroshot
 
         out["zeroshot"] = evaluate_zeroshot(model, tokenizer, zeroshot, limit=opts["limit"], data_dir=opts["data_dir"])
     return out

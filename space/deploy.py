@@ -25,7 +25,7 @@ import yaml
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from sleb.demo.zoo import zoo_repos  # noqa: E402
+from sleb.demo.zoo_listing import zoo_repos  # noqa: E402
 from sleb.errors import SlebError  # noqa: E402
 
 log = logging.getLogger("space.deploy")

@@ -23,13 +23,13 @@ from gradio_client.exceptions import AppError
 from sleb.calibration import CalibrationSpec
 from sleb.demo import DemoConfig, ModelStore, build_demo, online
 from sleb.demo.engine import GenSettings, encode_prompt, removal_steps, search_plan, stream_generate
-from sleb.demo.zoo import load_zoo, zoo_repos
+from sleb.demo.zoo_listing import load_zoo, zoo_repos
 from sleb.errors import SlebError
-from sleb.evaluate import ppl_text
+from sleb.evaluation.heldout import ppl_text
+from sleb.evaluation.perplexity import token_windows
 from sleb.loading import DEFAULT_BASE_ID, load_model
 from sleb.orders import find_order, model_defaults, shipped_orders
 from sleb.orders.__main__ import main as write_orders
-from sleb.perplexity import token_windows
 from sleb.prune import state_dir
 from sleb.removal import remove_blocks
 from sleb.search import SearchResult

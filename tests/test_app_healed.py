@@ -23,12 +23,12 @@ from sleb.calibration import CalibrationSpec
 from sleb.demo import DemoConfig, ModelStore
 from sleb.demo.healed import heal_in_background
 from sleb.demo.ui import make_run
-from sleb.demo.zoo import load_zoo
-from sleb.evaluate import ppl_text
+from sleb.demo.zoo_listing import load_zoo
+from sleb.evaluation.heldout import ppl_text
+from sleb.evaluation.perplexity import token_windows
 from sleb.healing import HealSpec, cached_heal, cached_heal_dir
 from sleb.names import variant_name
 from sleb.orders import write_order
-from sleb.perplexity import token_windows
 from sleb.search import SearchResult
 
 pytestmark = [pytest.mark.usefixtures("one_thread"),

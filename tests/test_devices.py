@@ -22,8 +22,8 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from sleb.baselines import block_influence, oneshot_ppl
 from sleb.devices import head_device, input_device, module_device
+from sleb.evaluation.perplexity import perplexity
 from sleb.nll import check_head, chunked_nll, final_hidden, full_nll
-from sleb.perplexity import perplexity
 from sleb.removal import remove_blocks
 from sleb.search import fast_search
 from sleb.speed import measure_speed
@@ -115,7 +115,7 @@ def test_offloaded_speed_benchmark_runs():
 
 @pytest.mark.skipif(not (DATA_DIR / "zeroshot").is_dir(), reason="local zero-shot data not found")
 def test_offloaded_zeroshot_equals_the_plain_model(tiny_model_dir):
-    from sleb.zeroshot import evaluate_zeroshot
+    from sleb.evaluation.zeroshot import evaluate_zeroshot
 
     tokenizer = AutoTokenizer.from_pretrained(tiny_model_dir)
     want = evaluate_zeroshot(AutoModelForCausalLM.from_pretrained(tiny_model_dir), tokenizer, ["piqa"], limit=2)

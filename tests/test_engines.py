@@ -20,7 +20,7 @@ from sleb.cli import main
 from sleb.engines import GenSettings, LlamaCppEngine, TorchEngine, pruned_gguf
 from sleb.engines.bench import measure_llamacpp_speed
 from sleb.errors import SlebError
-from sleb.perplexity import perplexity
+from sleb.evaluation.perplexity import perplexity
 from sleb.speed import decode_flops, format_speed, matmul_params, prefill_flops
 from sleb.speed.flops import gguf_matmul_params
 from tests.gguf_files import VOCAB, write_tiny_gguf

@@ -10,8 +10,8 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from sleb.cli import main
 from sleb.errors import SlebError
-from sleb.evaluate import evaluate_ppl, ppl_text
-from sleb.perplexity import perplexity, token_windows
+from sleb.evaluation.heldout import evaluate_ppl, ppl_text
+from sleb.evaluation.perplexity import perplexity, token_windows
 
 from .conftest import DATA_DIR, check_speed_figures
 

@@ -247,8 +247,8 @@ LLAMA_CPP = pytest.mark.skipif(not __import__("sleb.gguf.verify", fromlist=["x"]
 @LLAMA_CPP
 @pytest.mark.parametrize("qtype", ["f32", "q8_0"])
 def test_llamacpp_perplexity_on_the_pruned_file_matches_transformers(tmp_path, qtype):
+    from sleb.evaluation.perplexity import perplexity
     from sleb.gguf.verify import llamacpp_perplexity
-    from sleb.perplexity import perplexity
 
     write_tiny_gguf(tmp_path / "dense.gguf", num_blocks=5, qtype=qtype)
     write_pruned_gguf(tmp_path / "dense.gguf", [1, 3], tmp_path / "pruned.gguf", progress=False)

@@ -236,7 +236,7 @@ def test_heal_refuses_a_dense_model_that_does_not_match(pruned_dir, tmp_path, ti
 
 
 def test_budget_larger_than_pool_warns_with_repeated_tokens(caplog):
-    from sleb.healing.data import budget_windows
+    from sleb.healing.text import budget_windows
 
     assert budget_windows(10, 15 * 32, 32) == (15, 5 * 32)
     assert "160 tokens repeat" in caplog.text

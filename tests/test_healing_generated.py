@@ -10,8 +10,8 @@ from sleb.calibration import JOIN
 from sleb.data import calibration_documents
 from sleb.errors import SlebError
 from sleb.healing import DistillSpec, HealSpec, heal
-from sleb.healing.data import heal_data, split_source
 from sleb.healing.generated import GenerateSpec, cached_generated_texts, generate_texts, user_prefix
+from sleb.healing.text import heal_data, split_source
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

@@ -8,9 +8,9 @@ from transformers import AutoModelForCausalLM
 
 from sleb.baselines import last_blocks
 from sleb.calibration import CalibrationSpec
-from sleb.evaluate import ppl_text
+from sleb.evaluation.heldout import ppl_text
+from sleb.evaluation.perplexity import perplexity, token_windows
 from sleb.loading import load_model
-from sleb.perplexity import perplexity, token_windows
 from sleb.prune import prune
 from sleb.removal import remove_blocks
 

@@ -7,8 +7,15 @@ from pathlib import Path
 import pytest
 
 from sleb.errors import SlebError
-from sleb.tasks import TASK_DIR, local_data
-from sleb.zeroshot import ZEROSHOT_TASKS, evaluate_zeroshot, lm_eval_name, load_tasks, resolve_tasks, use_online
+from sleb.evaluation.tasks import TASK_DIR, local_data
+from sleb.evaluation.zeroshot import (
+    ZEROSHOT_TASKS,
+    evaluate_zeroshot,
+    lm_eval_name,
+    load_tasks,
+    resolve_tasks,
+    use_online,
+)
 
 from .conftest import DATA_DIR
 

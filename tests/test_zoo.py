@@ -85,7 +85,7 @@ def test_dry_run_writes_each_repository_folder_and_skips_what_cannot_load(run):
 
 
 def test_the_demo_reads_the_same_manifest_and_the_staged_records(run, monkeypatch):
-    from sleb.demo.zoo import ZooOrders, load_zoo
+    from sleb.demo.zoo_listing import ZooOrders, load_zoo
 
     ours = load_manifest(run.manifest).variants
     theirs = load_zoo(run.manifest)
@@ -123,7 +123,7 @@ def test_perplexity_recomputed_from_each_saved_folder_equals_its_results(run):
     import torch.nn.functional as F
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from sleb.evaluate import ppl_text
+    from sleb.evaluation.heldout import ppl_text
 
     text, source = ppl_text("wikitext2")
     for name in NAMES:

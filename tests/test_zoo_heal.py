@@ -44,7 +44,7 @@ def test_heal_switch_names_a_healed_variant_beside_each_plain_one(healed_run):
     variants = load_manifest(manifest).variants
     assert [(v.name, v.healed) for v in variants] == [("tiny-llama-sleb-40", False),
                                                       ("tiny-llama-sleb-40-healed", True)]
-    from sleb.demo.zoo import load_zoo  # the demo lists the same variants, the healed one as healed
+    from sleb.demo.zoo_listing import load_zoo  # the demo lists the same variants, the healed one as healed
 
     assert [(v.name, v.repo, v.healed) for v in load_zoo(manifest)] == [(v.name, v.repo_id, v.healed)
                                                                         for v in variants]

@@ -33,7 +33,7 @@ from sleb import __version__ as sleb_version
 from sleb.blocks import find_blocks, num_layers
 from sleb.calibration import CalibrationSpec, build_calibration
 from sleb.data import data_dir
-from sleb.evaluate import evaluate_ppl
+from sleb.evaluation.heldout import evaluate_ppl
 from sleb.files import RECORD_FILE, is_sleb_checkpoint, read_record, record_path
 from sleb.fingerprint import weights_fingerprint
 from sleb.gguf import open_gguf
@@ -256,7 +256,7 @@ def _evaluate(model, tokenizer, settings: dict, key: str, cache: ResultCache, wh
     if ev["zeroshot"]:
         import lm_eval
 
-        from sleb.zeroshot import evaluate_zeroshot, use_online
+        from sleb.evaluation.zeroshot import evaluate_zeroshot, use_online
 
         zs_settings = {k: ev[k] for k in ("zeroshot", "zeroshot_limit", "zeroshot_batch_size")}
         out["zeroshot"] = cache.fetch(

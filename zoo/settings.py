@@ -10,12 +10,12 @@ from typing import Any
 
 import yaml
 
-from sleb.evaluate import PPL_SETS
+from sleb.evaluation.heldout import PPL_SETS
+from sleb.evaluation.zeroshot import ZEROSHOT_TASKS
 from sleb.healing.distill import DistillSpec
 from sleb.healing.run import HEAL_METHODS
 from sleb.loading import DTYPES
 from sleb.prune import METHODS
-from sleb.zeroshot import ZEROSHOT_TASKS
 
 from .yamltree import Bad as _Bad
 from .yamltree import ManifestError, Node

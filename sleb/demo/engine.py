@@ -22,10 +22,10 @@ from ..calibration import CalibrationSpec, model_context
 from ..criteria import get_criterion
 from ..engines import Engine, GenSettings
 from ..errors import SlebError
-from ..evaluate import ppl_text
+from ..evaluation.heldout import ppl_text
+from ..evaluation.perplexity import token_windows
 from ..files import search_state_path
 from ..orders import find_order
-from ..perplexity import token_windows
 from ..prune import find_removal, search_key
 from ..search import SearchResult, SearchState
 from ..speed import decode_flops, prefill_flops

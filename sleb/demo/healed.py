@@ -34,7 +34,7 @@ from ..prune import blocks_for_ratio
 from .engine import default_pruning
 from .models import LoadedModel, ModelStore, loaded_model
 from .online import hub_online
-from .zoo import MISS_TTL_S, ZooVariant, zoo_dir
+from .zoo_listing import MISS_TTL_S, ZooVariant, zoo_dir
 
 log = logging.getLogger(__name__)
 

@@ -36,7 +36,7 @@ from ..speed import matmul_params
 from .online import hub_online
 from .sides import model_engine, resolve_engine
 from .turns import Turns
-from .zoo import ZooOrders, ZooVariant, load_zoo
+from .zoo_listing import ZooOrders, ZooVariant, load_zoo
 
 log = logging.getLogger(__name__)
 

@@ -13,7 +13,7 @@ from contextlib import nullcontext
 import torch
 from transformers.generation.streamers import BaseStreamer
 
-from ..perplexity import perplexity
+from ..evaluation.perplexity import perplexity
 from .base import Engine, GenSettings
 
 

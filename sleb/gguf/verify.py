@@ -38,8 +38,8 @@ def llamacpp_available() -> bool:
 
 def wikitext_windows(tokenizer, windows: int = PPL_WINDOWS, seqlen: int = PPL_SEQLEN, data_root=None):
     """The first `windows` consecutive WikiText-2 test windows of `seqlen` token ids."""
-    from ..evaluate import ppl_text
-    from ..perplexity import token_windows
+    from ..evaluation.heldout import ppl_text
+    from ..evaluation.perplexity import token_windows
 
     text, _ = ppl_text("wikitext2", data_root)
     return token_windows(tokenizer, text, seqlen, windows)
@@ -70,7 +70,7 @@ def check_llamacpp(path: Path, windows: torch.Tensor) -> dict:
     """llama.cpp's perplexity on the file against transformers' on the same file (its GGUF reader, dequantized)."""
     from transformers import AutoModelForCausalLM
 
-    from ..perplexity import perplexity
+    from ..evaluation.perplexity import perplexity
 
     if not llamacpp_available():
         return {"llamacpp": "skipped (llama_cpp is not installed)"}

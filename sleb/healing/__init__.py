@@ -8,12 +8,12 @@ same architecture as the pruned one. See docs/healing.md.
 """
 
 from .cache import cached_heal, cached_heal_dir
-from .data import HealData, heal_data
 from .distill import DistillSpec, distill
 from .linear import fit_linear, residual_writer
 from .match import check_match
 from .methods import HEAL_METHODS
 from .run import HealSpec, heal, heal_model, parse_methods
+from .text import HealData, heal_data
 
 __all__ = [
     "DistillSpec", "HEAL_METHODS", "HealData", "HealSpec", "cached_heal", "cached_heal_dir", "check_match", "distill",

@@ -30,8 +30,8 @@ from tqdm.auto import tqdm
 from ..blocks import find_blocks
 from ..errors import SlebError
 from ..loading import model_device
-from .data import budget_windows
 from .linear import Conv1D, projections
+from .text import budget_windows
 
 log = logging.getLogger(__name__)
 

@@ -20,12 +20,12 @@ from ..fingerprint import weights_fingerprint
 from ..loading import cache_dir, load_model
 from ..removal import save_checkpoint
 from ..verify import Verifier
-from .data import heal_data
 from .distill import DistillSpec, distill, heldout_scores, teacher_logprobs
 from .generated import GenerateSpec
 from .linear import fit_linear, fold_problem
 from .match import check_match
 from .methods import HEAL_METHODS
+from .text import heal_data
 
 log = logging.getLogger(__name__)
 
@@ -152,7 +152,7 @@ def _applicable(methods: tuple[str, ...], pruned, removed: list[int]) -> tuple[t
 
 
 def _evaluate(model, tokenizer, spec: HealSpec, progress: bool) -> dict:
-    from ..evaluate import evaluate_ppl
+    from ..evaluation.heldout import evaluate_ppl
 
     results = evaluate_ppl(model, tokenizer, list(spec.eval_ppl), spec.eval_seqlen, spec.eval_max_windows,
                            data_root=spec.data_dir, progress=progress)

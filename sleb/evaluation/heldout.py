@@ -14,9 +14,9 @@ import logging
 import os
 from dataclasses import dataclass
 
-from .calibration import model_context
-from .data import C4_EVAL_ROWS, LOCAL_FILES, data_dir, hub_documents, read_text_file
-from .errors import SlebError
+from ..calibration import model_context
+from ..data import C4_EVAL_ROWS, LOCAL_FILES, data_dir, hub_documents, read_text_file
+from ..errors import SlebError
 from .perplexity import perplexity, token_windows
 
 log = logging.getLogger(__name__)

@@ -12,8 +12,8 @@ import math
 import torch
 from tqdm.auto import tqdm
 
-from .errors import SlebError
-from .nll import chunked_nll, final_hidden
+from ..errors import SlebError
+from ..nll import chunked_nll, final_hidden
 
 log = logging.getLogger(__name__)
 

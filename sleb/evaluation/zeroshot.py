@@ -21,7 +21,7 @@ from collections.abc import Iterable
 from contextlib import contextmanager
 from pathlib import Path
 
-from .errors import SlebError
+from ..errors import SlebError
 
 log = logging.getLogger(__name__)
 
@@ -83,7 +83,7 @@ def task_manager(data_dir: str | os.PathLike | None = None, online: bool = False
     """An lm-eval TaskManager: the stock tasks online, only our local task folder offline."""
     from lm_eval.tasks import TaskManager
 
-    from .data import data_dir as _data_dir
+    from ..data import data_dir as _data_dir
     from .tasks import TASK_DIR
 
     if online:
@@ -158,7 +158,7 @@ def quiet_lm_eval():
 def _source(task: str, online: bool, data_dir) -> str:
     if online:
         return f"lm-eval:{task}"
-    from .data import data_dir as _data_dir
+    from ..data import data_dir as _data_dir
     from .tasks import local_data
 
     root = _data_dir(data_dir).resolve()
@@ -175,7 +175,7 @@ def _hflm_class():
     """lm-eval's HFLM, with its device the input embeddings' (it puts every request's ids there)."""
     from lm_eval.models.huggingface import HFLM
 
-    from .devices import input_device
+    from ..devices import input_device
 
     class SlebHFLM(HFLM):
         @property

@@ -5,7 +5,7 @@ Each `load_*` function is an lm-eval `custom_dataset`: it returns a `datasets.Da
 holding the split the stock task evaluates on, with the columns the stock task's prompt
 functions read, so `sleb_<task>.yaml` can reuse the stock `doc_to_text` / `doc_to_choice` /
 `doc_to_target` / `process_docs` unchanged. lm-eval calls them with the task's metadata as
-keyword arguments; `sleb_data_dir` (set by `sleb.zeroshot`) names the data folder, else
+keyword arguments; `sleb_data_dir` (set by `sleb.evaluation.zeroshot`) names the data folder, else
 `sleb.data.data_dir()` decides (`SLEB_DATA_DIR`, else `../shared/data` beside the project).
 
 Reconstructions that the local formats force (none changes what the model is scored on):
