@@ -111,6 +111,14 @@ def run_ratio(model, tokenizer, calib, k: int, args, study, evaluator) -> dict:
     return row
 
 
+def kept_rows(previous: dict | None, args, calibration: dict) -> list[dict]:
+    """The rows of an earlier run on the same settings and calibration (other ratios stay in the file)."""
+    if not previous or previous.get("calibration", {}).get("fingerprint") != calibration["fingerprint"]:
+        return []
+    same = {key: value for key, value in previous["settings"].items() if key not in ("ratios", "no_eval")}
+    return previous["rows"] if same == {key: value for key, value in vars(args).items() if key in same} else []
+
+
 def main(argv=None) -> int:
     args = parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
@@ -126,12 +134,16 @@ def main(argv=None) -> int:
     model, tokenizer, _ = evaluator.model()
     calib = build_calibration(tokenizer, CalibrationSpec(source="c4", tokens=args.tokens, seqlen=args.seqlen),
                               model.config)
+    out = Path(args.out) / f"refine-{args.objective}-{args.tokens}tok-{args.seqlen}.json"
+    kept = kept_rows(study.read_json(out), args, calib.info)
     rows = []
     for ratio in (float(r) for r in args.ratios.split(",")):
         k = blocks_for_ratio(num_layers(model), ratio)
         rows.append({"ratio": ratio, **run_ratio(model, tokenizer, calib, k, args, study, evaluator)})
-        out = Path(args.out) / f"refine-{args.objective}-{args.tokens}tok-{args.seqlen}.json"
-        study.write_json(out, {"settings": vars(args), "calibration": calib.info, "rows": rows})
+        merged = sorted([*(r for r in kept if r["ratio"] not in {x["ratio"] for x in rows}), *rows],
+                        key=lambda r: r["ratio"])
+        settings = {**vars(args), "ratios": ",".join(str(r["ratio"]) for r in merged)}
+        study.write_json(out, {"settings": settings, "calibration": calib.info, "rows": merged})
     sys.stdout.write(json.dumps({"rows": rows}) + "\n")
     return 0
 
