@@ -5,6 +5,7 @@ tiny Llama with a tiny budget; the tests check what it wrote. Loading by reposit
 the Hub's own download protocol, served on loopback by olah from a local git repository.
 """
 
+import importlib.util
 import json
 import math
 import os
@@ -490,3 +491,39 @@ def test_a_gguf_is_staged_beside_the_checkpoint_and_its_card_shows_how_to_run_it
     assert not staged()  # complete: nothing rewritten
     (folder / entry["file"]).unlink()
     assert staged() and (folder / entry["file"]).is_file()  # a missing GGUF makes the folder incomplete
+
+
+@pytest.mark.skipif(importlib.util.find_spec("llama_cpp") is None, reason="llama-cpp-python is not installed")
+def test_a_gguf_variant_gets_its_llamacpp_speed_on_the_card(tmp_path):
+    """The zoo times a GGUF base's variant against the base on llama.cpp, caches it, and the card quotes it."""
+    import statistics
+
+    from gguf import GGUFReader
+
+    from sleb.engines.llamacpp import pruned_gguf
+    from tests.gguf_files import write_tiny_gguf
+    from zoo.build import ResultCache, llamacpp_speed
+    from zoo.card import gguf_section
+
+    write_tiny_gguf(tmp_path / "base.gguf", num_blocks=6)
+    settings = {"speed": {"enabled": True, "prompt_len": 16, "new_tokens": 6, "repeats": 2, "warmup": 0}}
+    cache = ResultCache(tmp_path / "cache")
+    speed = llamacpp_speed(tmp_path / "base.gguf", [2, 3], settings, "k", {"device": "cpu"}, cache, "tiny")
+    assert speed["dense_blocks"] == 6 and speed["pruned_blocks"] == 4 and speed["ideal_speedup_decode_b1"] > 1
+    pruned = pruned_gguf(tmp_path / "base.gguf", [2, 3])
+    assert speed["pruned_model"] == str(pruned) and GGUFReader(pruned).fields["llama.block_count"].contents() == 4
+    runs = speed["runs"]
+    for side in ("dense", "pruned"):  # every figure is the median of the raw samples
+        assert speed[f"{side}_decode_b1_tok_s"] == pytest.approx(1 / statistics.median(runs[side]["decode_b1_step_s"]))
+        assert len(runs[side]["prefill_s"]) == 2
+    assert speed["speedup_decode_b1"] == pytest.approx(speed["pruned_decode_b1_tok_s"] / speed["dense_decode_b1_tok_s"])
+    again = llamacpp_speed(tmp_path / "base.gguf", [2, 3], settings, "k", {"device": "cpu"}, cache, "tiny")
+    assert again == json.loads(json.dumps(speed))  # cached: the same figures, not a new measurement
+
+    results = {"repo_id": "org/tiny-x", "chat_template": False, "speed_llamacpp": speed,
+               "gguf": {"file": "base-4of6.gguf", "type": "F32", "made_by": "tensors copied"}}
+    text, _ = gguf_section(results)
+    assert f"**{speed['speedup_decode_b1']:.2f}x** (ideal {speed['ideal_speedup_decode_b1']:.2f}x" in text
+    assert f"{speed['pruned_decode_b1_tok_s']:.1f} tokens/s against the dense GGUF's" in text
+    settings["speed"]["enabled"] = False
+    assert llamacpp_speed(tmp_path / "base.gguf", [2, 3], settings, "k2", {}, cache, "tiny") is None

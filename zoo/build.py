@@ -278,6 +278,23 @@ def _speed(dense, pruned, tokenizer, settings: dict, key: str, hw: dict, cache: 
                        lambda: measure_speed(dense, pruned, tokenizer, **options), f"{what} speed")
 
 
+def llamacpp_speed(dense_gguf: Path, order: list[int], settings: dict, key: str, hw: dict, cache: ResultCache,
+                   what: str) -> dict | None:
+    """llama.cpp speed of the base GGUF without `order` against the base GGUF (cached); None without llama.cpp."""
+    from sleb.gguf.verify import llamacpp_available
+
+    speed = settings["speed"]
+    if not speed["enabled"] or not llamacpp_available():
+        return None
+    from sleb.engines.bench import measure_llamacpp_speed
+    from sleb.engines.llamacpp import pruned_gguf
+
+    options = {k: speed[k] for k in ("prompt_len", "new_tokens", "repeats", "warmup")}
+    return cache.fetch("speed", digest({"pair": key, "options": options, "hardware": hw, "engine": "llamacpp"}),
+                       lambda: measure_llamacpp_speed(dense_gguf, pruned_gguf(dense_gguf, order), **options),
+                       f"{what} llama.cpp speed")
+
+
 def _block_counts(base: Base, variants: list[Variant], total: int) -> tuple[dict[str, int], dict[str, str]]:
     """`{variant name: blocks to remove}` and `{variant name: why not built}` for the barriers' removable blocks."""
     settings = base.settings
@@ -378,6 +395,9 @@ def _build_variant(run: _BaseRun, variant: Variant, k: int) -> Built:
     results = _variant_results(run, variant, record, pruned, {"pruned": pruned_eval, "speed": speed,
                                                               "healing": healing})
     export = variant_gguf(run.source, variant, run.progress)
+    if export is not None and export.converter is None:  # the base's own GGUF, blocks taken out: time it too
+        results["speed_llamacpp"] = llamacpp_speed(Path(run.source.path) / run.source.gguf_file, order, settings,
+                                                   vkey, run.hw, run.cache, variant.name)
     results["gguf"] = {
         "file": export.file_name(record["num_blocks"], run.total),
         "type": export.gguf_type or source_gguf_type(run.source),

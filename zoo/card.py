@@ -201,6 +201,18 @@ def snippet(results: dict) -> str:
     return "\n".join(lines)
 
 
+def llamacpp_speed_text(speed: dict | None) -> str:
+    """One sentence: the GGUF's llama.cpp decode and prefill speed against the base GGUF's, measured side by side."""
+    if not speed:
+        return ""
+    return (f" On llama.cpp ({speed['threads']} threads, {speed['cpu']}, {speed['cpu_count']} cores; prompt "
+            f"{speed['prompt_len']} tokens, {speed['new_tokens']} new, medians of {speed['repeats']} alternating "
+            f"rounds) it decodes {speed['pruned_decode_b1_tok_s']:.1f} tokens/s against the dense GGUF's "
+            f"{speed['dense_decode_b1_tok_s']:.1f}: **{speed['speedup_decode_b1']:.2f}x** (ideal "
+            f"{speed['ideal_speedup_decode_b1']:.2f}x, the FLOP ratio); prefill {speed['speedup_prefill']:.2f}x "
+            f"(ideal {speed['ideal_speedup_prefill']:.2f}x).")
+
+
 def gguf_section(results: dict) -> tuple[str, str]:
     """(text, commands) for running the variant's `.gguf` with llama.cpp and Ollama; empty without one."""
     gguf = results.get("gguf")
@@ -209,7 +221,7 @@ def gguf_section(results: dict) -> tuple[str, str]:
     repo, name = results["repo_id"], gguf["file"]
     text = (f"`{name}` ({gguf['type']}; {gguf['made_by']}) is this model as one GGUF file, checked before upload: "
             "transformers' GGUF reader gives the logits of the checkpoint here, and llama.cpp's perplexity agrees "
-            "with transformers' (see `sleb.json`, `gguf`).")
+            "with transformers' (see `sleb.json`, `gguf`).") + llamacpp_speed_text(results.get("speed_llamacpp"))
     prompt = "What is the capital of France?"
     commands = "\n".join([
         f"huggingface-cli download {repo} {name} --local-dir .",
