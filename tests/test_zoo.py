@@ -5,7 +5,6 @@ tiny Llama with a tiny budget; the tests check what it wrote. Loading by reposit
 the Hub's own download protocol, served on loopback by olah from a local git repository.
 """
 
-import importlib.util
 import json
 import math
 import os
@@ -25,6 +24,7 @@ import torch
 from huggingface_hub import ModelCard
 
 from sleb.blocks import BlockSwitch, find_blocks
+from sleb.gguf.verify import llamacpp_available
 from zoo import publish
 from zoo.hub import Publisher
 from zoo.manifest import ManifestError, load_manifest
@@ -493,7 +493,7 @@ def test_a_gguf_is_staged_beside_the_checkpoint_and_its_card_shows_how_to_run_it
     assert staged() and (folder / entry["file"]).is_file()  # a missing GGUF makes the folder incomplete
 
 
-@pytest.mark.skipif(importlib.util.find_spec("llama_cpp") is None, reason="llama-cpp-python is not installed")
+@pytest.mark.skipif(not llamacpp_available(), reason="llama-cpp-python is not installed")
 def test_a_gguf_variant_gets_its_llamacpp_speed_on_the_card(tmp_path):
     """The zoo times a GGUF base's variant against the base on llama.cpp, caches it, and the card quotes it."""
     import statistics

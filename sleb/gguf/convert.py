@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..errors import SlebError
+from .verify import llamacpp_available
 
 log = logging.getLogger(__name__)
 
@@ -46,9 +47,7 @@ def find_converter() -> Converter | None:
     script = next((c for c in candidates if c.is_file()), None)
     if script is None:
         return None
-    import importlib.util
-
-    quantize = "llama_cpp" if importlib.util.find_spec("llama_cpp") else shutil.which("llama-quantize")
+    quantize = "llama_cpp" if llamacpp_available() else shutil.which("llama-quantize")
     return Converter(script, quantize)
 
 
