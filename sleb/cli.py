@@ -37,12 +37,12 @@ def _budget_args(p: argparse.ArgumentParser, required: bool = True) -> None:
 
 
 def _search_args(p: argparse.ArgumentParser) -> None:
-    from .criteria import CRITERIA
-    from .prune import METHODS
+    from .criteria import DEFAULT_METHOD, PICK_METHODS, method_label
 
-    p.add_argument("--method", default="sleb", choices=METHODS,
-                   help="selection method (default: sleb): "
-                   + "; ".join(f"{n}: {c.label}" for n, c in CRITERIA.items()))
+    p.add_argument("--method", default=DEFAULT_METHOD, choices=PICK_METHODS,
+                   help=f"selection method (default: {DEFAULT_METHOD}, SLEB's greedy set swap-refined from the best of "
+                        "it and every cheap criterion's, measured best on held-out text; sleb: the paper's exact "
+                        "greedy): " + "; ".join(f"{m}: {method_label(m)}" for m in PICK_METHODS))
     p.add_argument("--calib", default="c4",
                    help="calibration text: c4 (local sample if present, else the Hub), wikitext2 (Hub), or a "
                         ".txt/.jsonl file")
@@ -63,8 +63,8 @@ def _search_args(p: argparse.ArgumentParser) -> None:
                    help="use the plain, slow reference loops for SLEB and the refinement")
     p.add_argument("--refine", nargs="?", const="seed", choices=("seed", "all"),
                    help="swap-refine each count's set: from the method's set (seed, the default when given bare) "
-                        "or from the best on the objective of it and every cheap criterion's set (all); see "
-                        "docs/search.md")
+                        "or from the best on the objective of it and every cheap criterion's set (all; what "
+                        "--method sleb+refine does by default); see docs/search.md")
     p.add_argument("--refine-objective", default="nll", choices=("nll", "kl"),
                    help="refinement objective: calibration NLL (SLEB's, default) or KL to the dense model")
     p.add_argument("--validate", nargs="?", const=0.25, type=float, metavar="SHARE",
@@ -317,11 +317,13 @@ def cmd_prune(args) -> int:
 
 def _refine_spec(args):
     """The `--refine` options as a RefineSpec, or None without `--refine`."""
+    from .criteria import refine_seeds
     from .refine import RefineSpec
 
-    if not getattr(args, "refine", None):
+    seeds = getattr(args, "refine", None) or refine_seeds(getattr(args, "method", "") or "")
+    if not seeds:
         return None
-    spec = RefineSpec(seeds=args.refine, objective=args.refine_objective, budget=args.refine_budget)
+    spec = RefineSpec(seeds=seeds, objective=args.refine_objective, budget=args.refine_budget)
     spec.check()
     return spec
 
@@ -338,7 +340,7 @@ def _validate_spec(args):
 
 
 def _no_choice_options(args, command: str) -> None:
-    """`bench` and `compare` search with the method alone: refuse --refine / --validate rather than ignore them."""
+    """`compare` runs each method as named: refuse --refine / --validate rather than ignore them."""
     if getattr(args, "refine", None) or getattr(args, "validate", None) is not None:
         raise SlebError(f"{command} does not refine or validate; run `prune` (or `search`) with --refine/--validate "
                         f"and give {command} the result instead.")
@@ -538,11 +540,10 @@ def cmd_bench(args) -> int:
 
     from .blocks import num_layers
     from .loading import load_model
-    from .prune import find_removal
+    from .prune import choose
     from .removal import remove_blocks
     from .speed import format_speed, measure_speed
 
-    _no_choice_options(args, "bench")
     if args.engine == "llamacpp":
         return _bench_llamacpp(args)
     dense, tokenizer, source = load_model(args.model, device=args.device, dtype=args.dtype)
@@ -555,9 +556,10 @@ def cmd_bench(args) -> int:
         if not counts or len(counts) != 1:
             raise SlebError("bench needs a pruned folder, or one --ratio / --num-remove to prune MODEL here.")
         calib = build_calibration(tokenizer, _spec(args), dense.config)
-        result = find_removal(dense, calib, counts[0], args.method, early_barrier=args.early_barrier,
-                              latter_barrier=args.latter_barrier, batch_size=args.batch_size, seed=args.seed,
-                              progress=not args.quiet, state_path=args.state, reference=args.reference)
+        result = choose(dense, tokenizer, calib, counts, args.method, refine=_refine_spec(args),
+                        validate=_validate_spec(args), early_barrier=args.early_barrier,
+                        latter_barrier=args.latter_barrier, batch_size=args.batch_size, seed=args.seed,
+                        progress=not args.quiet, state_path=args.state, reference=args.reference)
         pruned = remove_blocks(copy.deepcopy(dense), result.removed(counts[0]))
     figures = measure_speed(dense, pruned, tokenizer, prompt_len=args.prompt_len, decode_batch=args.decode_batch,
                             new_tokens=args.new_tokens, repeats=args.repeats, threads=args.threads)
@@ -572,10 +574,10 @@ def cmd_compare(args) -> int:
     from .compare import compare
     from .evaluation.heldout import PPL_SETS, parse_names
     from .evaluation.zeroshot import ZEROSHOT_TASKS
-    from .prune import METHODS, parse_ratios
+    from .prune import PICK_METHODS, parse_ratios
 
     _no_choice_options(args, "compare")
-    report = compare(args.model, parse_ratios(args.ratios), parse_names(args.methods, METHODS, "method"),
+    report = compare(args.model, parse_ratios(args.ratios), parse_names(args.methods, PICK_METHODS, "method"),
                      _spec(args), parse_names(args.ppl, PPL_SETS, "perplexity set"),
                      parse_names(args.zeroshot, ZEROSHOT_TASKS, "zero-shot task"),
                      out=args.out or f"results/compare-{_slug(args.model)}", seqlen=args.eval_seqlen,

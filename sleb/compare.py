@@ -17,15 +17,15 @@ from pathlib import Path
 
 from .blocks import BlockSwitch, find_blocks, num_layers
 from .calibration import CalibrationSpec, build_calibration
-from .criteria import CRITERIA, get_criterion
+from .criteria import CRITERIA, DEFAULT_METHOD, is_nested, method_label
 from .evaluation.heldout import evaluate_ppl
 from .loading import load_model
-from .prune import blocks_for_ratio, find_removal, versions
+from .prune import blocks_for_ratio, choose, versions
 from .removal import remove_blocks
 
 log = logging.getLogger(__name__)
 
-DEFAULT_METHODS = tuple(name for name, c in CRITERIA.items() if not c.seeded)
+DEFAULT_METHODS = (DEFAULT_METHOD, *(name for name, c in CRITERIA.items() if not c.seeded))
 
 
 def _evaluate(model, tokenizer, ppl, zeroshot, opts) -> dict:
@@ -45,7 +45,8 @@ def compare(model: str | None = "default", ratios=(0.1, 0.2, 0.3), methods=None,
             progress: bool = True) -> dict:
     """Run the comparison and write its report to `out`; returns the report's data.
 
-    `methods`: registry names (`sleb.criteria`); default every criterion but random.
+    `methods`: registry names (`sleb.criteria`) or the default pick 'sleb+refine'; default: the default pick and
+    every criterion but random.
     """
     from .speed import matmul_params, params_flops_per_token
 
@@ -61,13 +62,13 @@ def compare(model: str | None = "default", ratios=(0.1, 0.2, 0.3), methods=None,
               "dense": _evaluate(loaded, tokenizer, ppl, zeroshot, opts), "methods": {}, "speed": {}}
     blocks = find_blocks(loaded).blocks
     for method in methods or DEFAULT_METHODS:
-        result = find_removal(loaded, calib, max(counts.values()), method, progress=progress)
+        result = choose(loaded, tokenizer, calib, sorted(set(counts.values())), method, progress=progress)
         rows = {}
         for ratio, k in counts.items():
             removed = result.removed(k)
             with BlockSwitch(blocks) as switch, switch.state(skip=removed):
                 rows[str(ratio)] = {"removed": removed, **_evaluate(loaded, tokenizer, ppl, zeroshot, opts)}
-        report["methods"][method] = {"label": get_criterion(method).label, "nested": get_criterion(method).nested,
+        report["methods"][method] = {"label": method_label(method), "nested": is_nested(method),
                                      "order": result.order, "results": rows}
     dense_counts = matmul_params(loaded)
     for ratio, k in counts.items():

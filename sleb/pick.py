@@ -72,10 +72,12 @@ def refine_result(model, calibration: Calibration, result: SearchResult, counts:
         log.info("%d blocks: refined %s's %s to %s (%s %.4f -> %s)", k, chosen, candidates[chosen],
                  record["removed"], spec.objective, record.get("seed_score") or float("nan"), record["score"])
     settings = {**result.settings, "refine": records, "refine_seeds": spec.seeds, "refine_objective": spec.objective,
-                "refine_budget": spec.budget, "seed_method": result.method, "nested": False,
-                "refine_seconds": round(time.perf_counter() - start, 3)}
+                "refine_budget": spec.budget, "seed_method": result.method, "seed_order": list(result.order),
+                "nested": False, "refine_seconds": round(time.perf_counter() - start, 3)}
+    # `rounds` stay the seed criterion's (SLEB's greedy rounds, say): the search that ran; `by_count` is the pick
     return SearchResult(method=result.method + REFINE_SUFFIX, num_blocks=result.num_blocks,
-                        order=list(by_count[max(counts)]), rounds=[], settings=settings, by_count=by_count)
+                        order=list(by_count[max(counts)]), rounds=list(result.rounds or []), settings=settings,
+                        by_count=by_count)
 
 
 VALIDATED_SUFFIX = "+validated"

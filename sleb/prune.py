@@ -22,7 +22,16 @@ import torch
 
 from .blocks import find_blocks, num_layers
 from .calibration import Calibration, CalibrationSpec, build_calibration
-from .criteria import METHODS, get_criterion, is_nested
+from .criteria import (
+    DEFAULT_METHOD,
+    METHODS,
+    PICK_METHODS,
+    base_method,
+    get_criterion,
+    is_nested,
+    method_slug,
+    refine_seeds,
+)
 from .devices import devices_of
 from .errors import SlebError
 from .files import search_state_path, state_dir
@@ -35,7 +44,7 @@ from .version import __version__
 
 log = logging.getLogger(__name__)
 
-__all__ = ["METHODS", "find_removal", "prune"]
+__all__ = ["DEFAULT_METHOD", "METHODS", "PICK_METHODS", "choose", "find_removal", "prune"]
 
 
 def blocks_for_ratio(total: int, ratio: float) -> int:
@@ -101,11 +110,28 @@ def refine_removal(model, calibration: Calibration, result: SearchResult, counts
                          seed=seed, progress=progress, reference=reference)
 
 
-def choose(model, tokenizer, calibration: Calibration, counts: Sequence[int], method: str = "sleb", *, refine=None,
-           validate=None, early_barrier: int = 1, latter_barrier: int = 1, batch_size: int | None = None,
+def resolve_method(method: str, refine=None):
+    """`(criterion name, refine spec)` for a method name: '<criterion>+refine' (the default, 'sleb+refine') is the
+    criterion swap-refined from the best of its set and every cheap criterion's (`RefineSpec(seeds="all")`) unless
+    `refine` says otherwise; a plain criterion name is refined only when `refine` is given."""
+    from .refine import RefineSpec
+
+    name = base_method(method)
+    if method != name and refine_seeds(method) is None:
+        raise SlebError(f"Unknown method {method!r}; choose one of: {', '.join(PICK_METHODS)}.")
+    get_criterion(name)
+    if method != name and refine is None:
+        refine = RefineSpec(seeds=refine_seeds(method))
+    return name, refine
+
+
+def choose(model, tokenizer, calibration: Calibration, counts: Sequence[int], method: str = DEFAULT_METHOD, *,
+           refine=None, validate=None, early_barrier: int = 1, latter_barrier: int = 1, batch_size: int | None = None,
            seed: int = 0, progress: bool = True, state_path=None, reference: bool = False) -> SearchResult:
-    """The sets to remove at each count: `method`'s, swap-refined with `refine` (a `RefineSpec`), and with
-    `validate` (a `ValidateSpec`) the candidate of lowest NLL on held-out calibration windows."""
+    """The sets to remove at each count: `method`'s, swap-refined with `refine` (a `RefineSpec`; the default
+    method 'sleb+refine' refines from every cheap criterion's set too), and with `validate` (a `ValidateSpec`)
+    the candidate of lowest NLL on held-out calibration windows."""
+    method, refine = resolve_method(method, refine)
     heldout = None
     if validate is not None:
         from .pick import split_calibration
@@ -212,12 +238,13 @@ def variant_dirs(out: str | os.PathLike, counts: list[int], total: int, method: 
     out = Path(out)
     if len(counts) == 1:
         return {counts[0]: out}
-    return {k: out / f"{method}-{round(100 * k / total)}pct-{total - k}of{total}" for k in counts}
+    return {k: out / f"{method_slug(method)}-{round(100 * k / total)}pct-{total - k}of{total}" for k in counts}
 
 
 def prune(model: str | None = None, out: str | os.PathLike = "pruned", *, ratios: Sequence[float] | None = None,
-          num_remove: Sequence[int] | None = None, method: str = "sleb", calibration: CalibrationSpec | None = None,
-          early_barrier: int = 1, latter_barrier: int = 1, batch_size: int | None = None, seed: int = 0,
+          num_remove: Sequence[int] | None = None, method: str = DEFAULT_METHOD,
+          calibration: CalibrationSpec | None = None, early_barrier: int = 1, latter_barrier: int = 1,
+          batch_size: int | None = None, seed: int = 0,
           device: str | None = "auto", dtype=None, save_dtype=None, overwrite: bool = False,
           progress: bool = True, state_path=None, reference: bool = False, verify: bool = True,
           heal=None, gguf: bool = False, gguf_type: str | None = None, data_dir=None, refine=None,
@@ -235,6 +262,7 @@ def prune(model: str | None = None, out: str | os.PathLike = "pruned", *, ratios
     (a `sleb.pick.ValidateSpec`) a share of the calibration windows is held out and each count's
     set is the candidate (the method's, the refined one, each criterion's) of lowest NLL on it.
     """
+    resolve_method(method, refine)  # an unknown method fails before any loading
     export = _plan_gguf(model, heal, verify, data_dir, progress, gguf_type) if gguf else None
     timings = {}
     t0 = time.perf_counter()

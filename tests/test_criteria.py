@@ -7,20 +7,22 @@ import pytest
 from sleb.blocks import BlockSwitch, find_blocks
 from sleb.calibration import Calibration
 from sleb.cli import build_parser
-from sleb.criteria import CRITERIA, METHODS, get_criterion, is_nested
+from sleb.criteria import CRITERIA, DEFAULT_METHOD, METHODS, PICK_METHODS, get_criterion, is_nested, method_label
 from sleb.demo.report import round_scores
 from sleb.demo.ui import METHOD_LABELS
 from sleb.errors import SlebError
 from sleb.nll import full_nll
-from sleb.prune import find_removal
+from sleb.prune import find_removal, resolve_method
 
 
 def test_cli_app_and_prune_offer_exactly_the_registry():
     prune = build_parser()._subparsers._group_actions[0].choices["prune"]
     method = next(a for a in prune._actions if a.dest == "method")
-    assert tuple(method.choices) == METHODS == tuple(CRITERIA)
+    assert tuple(method.choices) == PICK_METHODS == (DEFAULT_METHOD, *CRITERIA) and METHODS == tuple(CRITERIA)
+    assert method.default == DEFAULT_METHOD == "sleb+refine"  # the measured-best pick; `sleb` is the exact greedy
     assert METHODS[0] == "sleb" and {"block-influence", "angular", "oneshot-ppl", "last", "random"} <= set(METHODS)
-    assert list(METHOD_LABELS) == list(METHODS) and all(METHOD_LABELS[m] == CRITERIA[m].label for m in METHODS)
+    assert list(METHOD_LABELS) == list(PICK_METHODS) and all(METHOD_LABELS[m] == CRITERIA[m].label for m in METHODS)
+    assert "refinement" in method_label(DEFAULT_METHOD)
 
 
 def test_unknown_method_is_refused_not_free():
@@ -28,6 +30,10 @@ def test_unknown_method_is_refused_not_free():
         get_criterion("evolution")
     with pytest.raises(SlebError, match="Unknown method"):
         find_removal(None, None, 1, "evolution")
+    for bad in ("evolution+refine", "sleb+refine+refine", "sleb+validated"):
+        with pytest.raises(SlebError, match="Unknown method"):
+            resolve_method(bad)
+    assert resolve_method("angular")[1] is None and resolve_method("angular+refine")[1].seeds == "all"
 
 
 def test_cost_estimates_grow_with_the_work():

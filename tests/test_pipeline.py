@@ -66,6 +66,12 @@ def test_prune_cli_writes_a_standard_checkpoint_with_its_record(tiny_model_dir, 
     assert record["num_blocks_dense"] == 6 and record["num_blocks"] == 4
     assert record["removed"] == sorted(record["removal_order"]) and len(record["removal_order"]) == 2
     assert len(record["search"]["rounds"]) == 2 and all(r["scores"] for r in record["search"]["rounds"])
+    # the default pick: SLEB's greedy rounds kept, then swap refinement from the best seed; one set per count
+    assert record["method"] == "sleb+refine" and record["nested"] is False
+    settings = record["search"]["settings"]
+    assert settings["seed_method"] == "sleb" and settings["refine_seeds"] == "all"
+    assert sorted(settings["refine"]["2"]["removed"]) == record["removed"]
+    assert settings["seed_order"] == [r["removed"] for r in record["search"]["rounds"]]
     calibration = record["search"]["settings"]["calibration"]
     assert calibration["num_windows"] == 6 and calibration["seqlen"] == 32 and calibration["seed"] == 0
     assert {"torch", "transformers", "sleb"} <= set(record["versions"]) and record["timings"]["search_s"] > 0
@@ -77,10 +83,14 @@ def test_prune_cli_writes_a_standard_checkpoint_with_its_record(tiny_model_dir, 
 
 
 def test_several_ratios_reuse_one_nested_search(tiny_model_dir, tmp_path):
+    """`--method sleb` is the paper's exact greedy: one nested order serves every ratio."""
     out = tmp_path / "variants"
-    assert main(["prune", str(tiny_model_dir), "--ratio", "0.2,0.5", "--out", str(out), *FAST]) == 0
+    assert main(["prune", str(tiny_model_dir), "--ratio", "0.2,0.5", "--method", "sleb", "--out", str(out),
+                 *FAST]) == 0
     records = sorted((json.loads(p.read_text()) for p in out.glob("*/sleb.json")), key=lambda r: r["ratio"])
     assert [r["num_blocks"] for r in records] == [5, 3]
+    assert all(r["method"] == "sleb" and r["nested"] is True and "refine" not in r["search"]["settings"]
+               for r in records)
     small, large = records
     assert large["removal_order"][:1] == small["removal_order"]
     assert small["search"]["order"] == large["search"]["order"]
@@ -144,9 +154,19 @@ def test_interrupted_search_resumes_from_its_state(tiny_model_dir, tmp_path):
         fast_search(model, other.windows, 2, progress=False, state=SearchState(state, "another-key"))
 
 
-def test_search_json_then_remove_applies_the_same_blocks(tiny_model_dir, tmp_path):
-    order_file = tmp_path / "order.json"
-    assert main(["search", str(tiny_model_dir), "--num-remove", "3", "--json", str(order_file), *FAST]) == 0
+def test_search_json_then_remove_applies_the_same_blocks(tiny_model_dir, tmp_path, caplog):
+    picked = tmp_path / "picked.json"  # the default pick holds a set for the count searched, and no other
+    assert main(["search", str(tiny_model_dir), "--num-remove", "3", "--json", str(picked), *FAST]) == 0
+    chosen = json.loads(picked.read_text())["search"]["by_count"]["3"]
+    assert main(["remove", str(tiny_model_dir), "--order", str(picked), "--out", str(tmp_path / "p3"), "-q"]) == 0
+    assert json.loads((tmp_path / "p3" / "sleb.json").read_text())["removed"] == sorted(chosen)
+    with caplog.at_level(logging.ERROR):
+        assert main(["remove", str(tiny_model_dir), "--order", str(picked), "--num-remove", "2",
+                     "--out", str(tmp_path / "p2"), "-q"]) == 2
+    assert "not nested" in caplog.text and not (tmp_path / "p2").exists()
+    order_file = tmp_path / "order.json"  # SLEB's greedy order: every prefix is a set
+    assert main(["search", str(tiny_model_dir), "--num-remove", "3", "--method", "sleb", "--json", str(order_file),
+                 *FAST]) == 0
     order = json.loads(order_file.read_text())["search"]["order"]
     out = tmp_path / "removed"
     assert main(["remove", str(tiny_model_dir), "--order", str(order_file), "--num-remove", "2",

@@ -153,21 +153,22 @@ def test_interrupted_refinement_resumes_from_its_last_accepted_swap(dense, data,
         fast_refine(dense, data, [1, 2, 3], batch_size=BATCH, state=state, progress=False)
 
 
-def test_cli_prunes_refined_non_nested_sets_each_equal_to_dense_with_its_set_bypassed(tiny_model_dir, tmp_path):
-    """`prune --refine all` at two counts: sleb.json says not nested, records the swaps, and each folder's
-    logits equal the dense model's with exactly its recorded set removed (the model's own logits)."""
+def test_default_prune_is_refined_non_nested_sets_each_equal_to_dense_with_its_set_bypassed(tiny_model_dir, tmp_path):
+    """`prune` with no method (sleb+refine: SLEB then `--refine all`) at two counts: sleb.json says not nested,
+    records the swaps, and each folder's logits equal the dense model's with exactly its recorded set removed."""
     from transformers import AutoModelForCausalLM
 
     out = tmp_path / "out"
-    assert main(["prune", str(tiny_model_dir), "--num-remove", "1,2", "--refine", "all", "--nsamples", "4",
+    assert main(["prune", str(tiny_model_dir), "--num-remove", "1,2", "--nsamples", "4",
                  "--seqlen", "16", "--device", "cpu", "--out", str(out), "-q"]) == 0
     dense = AutoModelForCausalLM.from_pretrained(tiny_model_dir).eval()
     ids = torch.randint(3, 100, (2, 12), generator=torch.Generator().manual_seed(0))
     folders = sorted(out.iterdir())
-    assert len(folders) == 2
+    assert [f.name.split("-")[:2] for f in folders] == [["sleb", "refine"]] * 2  # no '+' in folder names
     for folder in folders:
         record = json.loads((folder / "sleb.json").read_text())
         assert record["method"] == "sleb+refine" and record["nested"] is False
+        assert record["search"]["settings"]["refine_seeds"] == "all"
         k = len(record["removed"])
         refine = record["search"]["settings"]["refine"][str(k)]
         assert refine["removed"] == record["removed"] and refine["seed_method"] in ("sleb", "block-influence",
@@ -228,8 +229,9 @@ def test_validation_on_generated_text_adds_a_domain(tiny_model_dir, tmp_path):
                  "--nsamples", "4", "--seqlen", "16"]) == 2
 
 
-def test_orders_ship_one_refined_set_per_count_and_bench_refuses_refine(tiny_model_dir, tmp_path, monkeypatch):
-    """`sleb.orders --refine` writes a non-nested order holding a set for every count; bench says it cannot refine."""
+def test_orders_ship_one_refined_set_per_count_and_compare_refuses_refine(tiny_model_dir, tmp_path, monkeypatch):
+    """`sleb.orders --refine` writes a non-nested order holding a set for every count; compare, which runs each
+    method as named, says it cannot refine (name sleb+refine among its methods instead)."""
     from sleb.orders import find_order
     from sleb.orders.__main__ import main as write_orders
 
@@ -240,4 +242,4 @@ def test_orders_ship_one_refined_set_per_count_and_bench_refuses_refine(tiny_mod
     result = find_order(written["base_model"], "sleb+refine", written["num_blocks"], tmp_path)
     assert result is not None and result.covers(1) and result.covers(2) and not result.covers(3)
     assert len(result.removed(1)) == 1 and len(result.removed(2)) == 2
-    assert main(["bench", str(tiny_model_dir), "--num-remove", "1", "--refine", "--device", "cpu"]) == 2
+    assert main(["compare", str(tiny_model_dir), "--ratios", "0.2", "--refine", "--device", "cpu"]) == 2

@@ -18,7 +18,7 @@ import logging
 
 import gradio as gr
 
-from ..criteria import CRITERIA, METHODS
+from ..criteria import PICK_METHODS, method_label
 from ..errors import SlebError
 from .engine import EARLY_BARRIER, LATTER_BARRIER, blocks_to_remove, plan_text, search_plan
 from .models import DemoConfig, ModelStore
@@ -27,7 +27,7 @@ from .request import Request, answer, attach_healed, details_of, find_order, per
 
 log = logging.getLogger(__name__)
 
-METHOD_LABELS = {name: c.label for name, c in CRITERIA.items()}
+METHOD_LABELS = {name: method_label(name) for name in PICK_METHODS}
 EXAMPLES = [
     "Explain in two sentences why the sky is blue.",
     "Which city is the capital of France?",
@@ -157,7 +157,7 @@ def build_demo(config: DemoConfig | None = None, store: ModelStore | None = None
                 model = gr.Dropdown(store.choices(), value=config.default_model, allow_custom_value=True,
                                     label="Model", info="pick one, or type a Hub id (owner/name) or a local folder",
                                     elem_id="model")
-                method = gr.Dropdown([(METHOD_LABELS[m], m) for m in METHODS], value=start["method"],
+                method = gr.Dropdown([(METHOD_LABELS[m], m) for m in PICK_METHODS], value=start["method"],
                                      label="Method", elem_id="method")
                 percent = gr.Slider(0, round(100 * config.max_ratio), value=round(100 * start["ratio"]), step=5,
                                     label="Blocks to remove (%)", elem_id="percent")
