@@ -93,7 +93,7 @@ def main() -> None:
     args = p.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     if args.threads:
-        torch.set_num_threads(args.threads)  # llama.cpp takes torch's count (sleb.engines.llamacpp.default_threads)
+        torch.set_num_threads(args.threads)  # llama.cpp takes torch's count (sleb.gguf.verify.default_threads)
 
     config = DemoConfig(default_model=args.model, calibration=CalibrationSpec(nsamples=args.nsamples,
                                                                               seqlen=args.seqlen), engine="torch")

@@ -35,6 +35,8 @@ def parse_args(argv=None):
     p.add_argument("--objective", default="nll", choices=("nll", "kl"))
     p.add_argument("--budget", type=int, help="refinement evaluations per seed (default: to a local optimum)")
     p.add_argument("--greedy", action="store_true", help="time SLEB's greedy search here too (else the study's)")
+    p.add_argument("--seeds", default="both", choices=("both", "best"),
+                   help="refine from the best seed (the default pick) and from SLEB's set, or from the best only")
     p.add_argument("--no-eval", action="store_true", help="skip the held-out perplexities")
     p.add_argument("--study", default="results/calibration-study", help="the calibration study's cache")
     p.add_argument("--out", default="results/refine-study")
@@ -93,7 +95,8 @@ def run_ratio(model, tokenizer, calib, k: int, args, study, evaluator) -> dict:
     spec = RefineSpec(objective=args.objective, budget=args.budget)
     best_seed = min(scores, key=lambda n: (scores[n], n))
     refined, memo = {}, {}  # one memory of scored sets for both seeds: same model, windows and objective
-    for label, seed_name in (("all+refine", best_seed), ("sleb+refine", "sleb")):  # the best seed first
+    runs = (("all+refine", best_seed), ("sleb+refine", "sleb"))[: 1 if args.seeds == "best" else 2]
+    for label, seed_name in runs:  # the best seed first
         seed = sets[seed_name]
         key = f"{args.objective}-k{k}-{'-'.join(map(str, seed))}-{calib.info['fingerprint']}"
         state = SearchState(Path(args.out) / "state" / f"{key}.json", key)

@@ -19,7 +19,7 @@ from pathlib import Path
 import torch
 
 from ..errors import SlebError
-from ..gguf.verify import llamacpp_available
+from ..gguf.verify import default_threads, llamacpp_available
 from .base import Engine, GenSettings
 
 log = logging.getLogger(__name__)
@@ -27,11 +27,6 @@ log = logging.getLogger(__name__)
 _WRITING = threading.Lock()  # one pruned file written at a time (the writer's temporary name is per process)
 INSTALL_HINT = ("llama-cpp-python is not installed: `pip install -r requirements.txt` builds it (see "
                 "docs/engines.md for the build flags and what the build costs).")
-
-
-def default_threads() -> int:
-    """llama.cpp's threads: $SLEB_LLAMACPP_THREADS, else torch's (the same CPU budget as the torch engine)."""
-    return int(os.environ.get("SLEB_LLAMACPP_THREADS") or torch.get_num_threads())
 
 
 class LlamaCppEngine(Engine):

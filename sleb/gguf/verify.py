@@ -45,13 +45,18 @@ def wikitext_windows(tokenizer, windows: int = PPL_WINDOWS, seqlen: int = PPL_SE
     return token_windows(tokenizer, text, seqlen, windows)
 
 
+def default_threads() -> int:
+    """llama.cpp's threads: $SLEB_LLAMACPP_THREADS, else torch's (the same CPU budget as the torch engine)."""
+    return int(os.environ.get("SLEB_LLAMACPP_THREADS") or torch.get_num_threads())
+
+
 def llamacpp_perplexity(path: str | os.PathLike, windows: torch.Tensor, threads: int | None = None) -> float:
     """Perplexity that llama.cpp gives the GGUF at `path` on these token-id windows (same protocol as sleb's)."""
     from llama_cpp import Llama
 
     seqlen = int(windows.shape[1])
     llm = Llama(model_path=str(path), n_ctx=seqlen, n_batch=seqlen, logits_all=True, verbose=False,
-                n_threads=threads or min(4, os.cpu_count() or 1))
+                n_threads=threads or default_threads())
     total = 0.0
     try:
         for row in windows.tolist():
