@@ -31,9 +31,9 @@ from pathlib import Path
 log = logging.getLogger("calibration_study")
 
 METHODS = ("sleb", "block-influence", "angular", "oneshot-ppl")
-# Refined picks (sleb.refine): `sleb+refine` from SLEB's set, `all+refine` from the best criterion's set; opt-in
-# with --methods, e.g. --methods sleb,block-influence,angular,oneshot-ppl,sleb+refine,all+refine.
-REFINED = {"sleb+refine": "seed", "all+refine": "all"}
+# The refined picks come from `scripts/bench_refine.py` (its files in --refine-study), which seeds from this study's
+# cached sets: `sleb+refine` (the default pick, NLL objective) and `sleb+refine-kl` (KL to the dense model).
+REFINED_NAMES = {"nll": "sleb+refine", "kl": "sleb+refine-kl"}
 
 
 def parse_args(argv=None):
@@ -47,6 +47,8 @@ def parse_args(argv=None):
     p.add_argument("--ppl-windows", type=int, default=32, help="2048-token windows per perplexity set")
     p.add_argument("--zeroshot-limit", type=int, default=200, help="documents per zero-shot task (0: skip)")
     p.add_argument("--out", default="results/calibration-study")
+    p.add_argument("--refine-study", default="results/refine-study",
+                   help="scripts/bench_refine.py's results, reported as the refined picks' rows")
     p.add_argument("--report", action="store_true", help="only rewrite the report from the cache")
     p.add_argument("--max-hours", type=float, help="stop starting new work after this long")
     return p.parse_args(argv)
@@ -118,18 +120,10 @@ class Study:
         model, tokenizer, _ = self.model()
         total = num_layers(model)
         calib = build_calibration(tokenizer, CalibrationSpec(source="c4", tokens=budget, seqlen=seqlen), model.config)
-        base = "sleb" if method in REFINED else method
-        state = self.out / "state" / f"{cell_name(base, budget, seqlen)}.json" if base == "sleb" else None
+        state = self.out / "state" / f"{cell_name(method, budget, seqlen)}.json" if method == "sleb" else None
         log.info("Search %s on %d tokens in windows of %d", method, budget, seqlen)
         start = time.perf_counter()
-        result = find_removal(model, calib, max(self.counts(total).values()), base, state_path=state)
-        if method in REFINED:  # one refined set per ratio, resumable from the sleb cache's state files
-            from sleb.prune import refine_removal
-            from sleb.refine import RefineSpec
-
-            result = refine_removal(model, calib, result, sorted(set(self.counts(total).values())),
-                                    RefineSpec(seeds=REFINED[method]))
-            result.method = method
+        result = find_removal(model, calib, max(self.counts(total).values()), method, state_path=state)
         data = {"method": method, "budget": budget, "seqlen": seqlen, "seconds": round(time.perf_counter() - start, 1),
                 "result": result.to_dict(), "calibration": calib.info}
         write_json(path, data)
@@ -212,7 +206,33 @@ class Study:
                     "zeroshot": mean_acc(ev) if "zeroshot" in ev else None,
                 })
         return [{"dense": {"wikitext2": _ppl(dense, "wikitext2"), "c4": _ppl(dense, "c4"),
-                           "zeroshot": mean_acc(dense) if dense and "zeroshot" in dense else None}}] + rows
+                           "zeroshot": mean_acc(dense) if dense and "zeroshot" in dense else None}}] + rows \
+            + self.refined_rows()
+
+    def refined_rows(self) -> list[dict]:
+        """One row per refined pick in bench_refine's files: its set (the best seed refined), held-out figures from
+        this study's evaluation cache, and its time: SLEB's greedy rounds, scoring the seeds and the refinement."""
+        rows = []
+        for path in sorted(Path(self.args.refine_study).glob("refine-*tok-*.json")):
+            data = read_json(path)
+            if not data:
+                continue
+            settings = data["settings"]
+            for row in data["rows"]:
+                pick = row["refined"].get("all+refine")
+                if pick is None or row["ratio"] not in self.ratios:
+                    continue
+                ev = read_json(self.out / "evals" / f"{removed_key(pick['removed'])}.json") or {}
+                greedy = (row["criteria"].get("sleb") or {}).get("search_seconds") or 0
+                rows.append({
+                    "method": f"{REFINED_NAMES[settings['objective']]} ({settings['dtype']} refinement)",
+                    "budget": settings["tokens"], "seqlen": settings["seqlen"], "ratio": row["ratio"],
+                    "blocks": row["k"], "removed": pick["removed"],
+                    "search_seconds": round(greedy + row["seed_scoring_seconds"] + pick["seconds"], 1),
+                    "wikitext2": _ppl(ev, "wikitext2"), "c4": _ppl(ev, "c4"),
+                    "zeroshot": mean_acc(ev) if "zeroshot" in ev else None,
+                })
+        return rows
 
     def report(self) -> None:
         rows = self.rows()
@@ -270,7 +290,11 @@ def markdown(dense: dict, rows: list[dict], args) -> str:
         "PIQA, WinoGrande, HellaSwag, ARC-e, ARC-c, first 200 documents each (stock lm-eval; `-`: not yet "
         "measured). "
         "Bold: the best figure of its calibration cell. "
-        f"dtype {args.dtype}. Made by `python scripts/calibration_study.py` (see the script's docstring).", "",
+        f"dtype {args.dtype}. Made by `python scripts/calibration_study.py` (see the script's docstring). "
+        "Rows `sleb+refine` (the default pick: the best of these sets on the calibration NLL, swap-refined) and "
+        "`sleb+refine-kl` (the same on the KL to the dense model) come from `scripts/bench_refine.py`, which seeds "
+        "from this study's sets and refines in the dtype it names; their search time adds SLEB's greedy rounds, "
+        "scoring the seeds and the refinement.", "",
         f"Dense: WikiText-2 {_fmt(dense['wikitext2'])}, C4 {_fmt(dense['c4'])}, "
         f"zero-shot {_fmt(dense['zeroshot'], 4)}.", "",
     ]
