@@ -2,9 +2,11 @@
 
 The manifest (see zoo/manifest.yaml) names an `org` and `bases`, each with a `model`, an
 optional `fallback` (e.g. `default`, the embedded copy), `ratios` and settings that
-override `defaults`; each base gives one variant per ratio, `<org>/<name>-<method>-<percent>`,
-and with `heal: {enabled: true}` a healed one beside it, `...-<percent>-healed`.
-A variant's `sleb.json` holds the base's whole removal order with each round's score; the
+override `defaults`; each base gives one variant per ratio, `<org>/<name>-<method>-<percent>`
+(a refined method by its slug: `sleb+refine` names `...-sleb-refine-10`; the manifest may say
+either), and with `heal: {enabled: true}` a healed one beside it, `...-<percent>-healed`.
+A variant's `sleb.json` holds the base's whole removal order with each round's score (a
+refined variant: the sets of the counts it was pruned at, merged across variants); the
 demo reads it from a local build folder (`SLEB_ZOO_DIR`, else `build/zoo` in the project)
 or from the variant's Hub repository (only when the Hub answered the one quick probe of
 `online.hub_online`), and falls back to its own search when neither has it. Orders shipped
@@ -23,6 +25,7 @@ from pathlib import Path
 
 import yaml
 
+from ..criteria import method_from_slug
 from ..files import RECORD_FILE, record_path
 from ..loading import DEFAULT_BASE_ID, DEFAULT_MODEL
 from ..names import variant_name
@@ -64,7 +67,7 @@ def load_zoo(path: str | os.PathLike | None) -> list[ZooVariant]:
         defaults = data.get("defaults") or {}
         variants = []
         for base in data.get("bases") or []:
-            method = base.get("method") or defaults.get("method") or "sleb"
+            method = method_from_slug(str(base.get("method") or defaults.get("method") or "sleb"))
             model = str(base["model"])
             base_model = base.get("base_model") or (DEFAULT_BASE_ID if model == DEFAULT_MODEL else model)
             heal = {**(defaults.get("heal") or {}), **(base.get("heal") or {})}
