@@ -118,7 +118,8 @@ def test_the_shipped_refined_pick_is_the_default_and_exactly_its_set_is_applied(
     shipped_set = refined["by_count"]["2"]
     assert details["removed"] == shipped_set and details["order_source"].startswith("shipped")
     assert details["method_label"].startswith("SLEB + swap refinement") and details["refine"]["seed_method"]
-    assert "SLEB + swap refinement" in table and f"removes blocks {sorted(shipped_set)}" in table
+    assert "removed by SLEB + swap refinement" in table
+    assert f"Refined pick for 2 blocks: {sorted(shipped_set)}" in table
     # The pruned side against a physically pruned copy: its answer and its perplexity (the model's own logits).
     model, tokenizer, _ = load_model(str(model_dir), device="cpu")
     physical = remove_blocks(copy.deepcopy(model), shipped_set)
@@ -146,7 +147,7 @@ def test_without_the_shipped_refined_order_the_default_falls_back_to_sleb(model_
     store = ModelStore(config)
     caplog.set_level(logging.WARNING, logger="sleb.demo.models")
     defaults = store.defaults_for(str(model_dir))
-    assert defaults["method"] == "sleb" and "Falls back to sleb" in defaults["why"]
+    assert defaults["method"] == "sleb" and "no sleb+refine order ships" in defaults["why"]
     assert ui_method(build_demo(config, store)) == "sleb"
     warnings = [r.getMessage() for r in caplog.records if "falls back" in r.getMessage()]
     assert len(warnings) == 1 and "sleb+refine" in warnings[0], warnings  # once, however often the page asks
@@ -215,7 +216,7 @@ def test_a_refined_result_is_reported_honestly(model_dir, tmp_path, monkeypatch)
         round(r["score"] / (2 * 31), 6) for r in written["sleb+refine"]["rounds"][:2]]
     assert f"the pick is {sorted(result.removed(2))}" in scores.get_xlabel()
     note = refine_note(result, 2)
-    assert f"removes blocks {sorted(record['removed'])}" in note
+    assert f"Refined pick for 2 blocks: {sorted(record['removed'])}" in note
     assert f"{record['seed_method']}'s set {sorted(record['seed'])}" in note
     assert f"{len(record['swaps'])} swap(s) taken" in note and f"SLEB's greedy set was {sorted(greedy)}" in note
     assert refine_note(SearchResult("sleb", 6, greedy), 2) == ""

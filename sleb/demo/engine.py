@@ -19,7 +19,7 @@ from dataclasses import asdict, dataclass, field, replace
 import torch
 
 from ..calibration import CalibrationSpec, model_context
-from ..criteria import base_method, get_criterion, method_forwards, method_label, refine_seeds
+from ..criteria import base_method, get_criterion, method_forwards, refine_seeds
 from ..engines import Engine, GenSettings
 from ..errors import SlebError
 from ..evaluation.heldout import ppl_text
@@ -117,12 +117,12 @@ def plan_text(plan: dict, method: str, k: int) -> str:
     if not plan.get("refine"):
         return (f"**{method} must search first**: {plan['rounds']} round(s) on {plan['tokens']:,} calibration "
                 f"tokens, {cost}. Stop cancels it after the current round; finished rounds are kept.")
-    return (f"**{method} must search first** ({method_label(method)}): {plan['search_rounds']} round(s) of "
-            f"{base_method(method)}, then every cheap criterion's set for {k} blocks as seeds and one swap-refinement "
-            f"step from the best of them, on {plan['tokens']:,} calibration tokens, {cost}. The refinement runs as "
-            f"one step that holds the model (other visitors wait meanwhile), as long as the rounds together or "
-            f"longer. Stop cancels it between rounds; finished rounds and accepted swaps are kept. A refined set "
-            f"is for {k} blocks only: another count refines again.")
+    return (f"**{method} must search first**: {plan['search_rounds']} round(s) of {base_method(method)}, then "
+            f"every cheap criterion's set for {k} blocks as seeds and one swap-refinement step from the best of "
+            f"them, on {plan['tokens']:,} calibration tokens, {cost}. The refinement runs as one step that holds "
+            f"the model (other visitors wait meanwhile), about as long as the rounds together. Stop cancels it "
+            f"between rounds; finished rounds and accepted swaps are kept. A refined set is for {k} blocks only: "
+            f"another count refines again.")
 
 
 def _base_steps(store: ModelStore, entry: LoadedModel, name: str, k: int, calibration,

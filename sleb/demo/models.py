@@ -305,8 +305,9 @@ class ModelStore:
             log.warning("sleb/orders/models.json makes %s the default of %s, but no %s order ships for it "
                         "(sleb/orders/%s-%s.json); the default falls back to %s, whose order ships", method, base,
                         method, order_name(base), method, GENERIC_METHOD)
-        return GENERIC_METHOD, (f"{why} " if why else "") + (f"(Falls back to {GENERIC_METHOD} here: no {method} "
-                                                             "order ships for this model yet.)")
+        return GENERIC_METHOD, (f"{GENERIC_METHOD} here for now: no {method} order ships for this model yet, and "
+                                f"{GENERIC_METHOD}'s does, so the first answer needs no search. models.json: "
+                                + (why or f"{method}."))
 
     def zoo_variant(self, value: str) -> ZooVariant | None:
         if not value.startswith(ZOO_PREFIX):

@@ -9,7 +9,7 @@ from dataclasses import replace
 from matplotlib.figure import Figure
 from matplotlib.patches import Rectangle
 
-from ..criteria import CRITERIA, base_method, method_label
+from ..criteria import CRITERIA, base_method
 from ..search import SearchResult
 
 KEPT, REMOVED, BARRIER = "#cfe3f7", "#e4572e", "#d9d9d9"
@@ -46,11 +46,11 @@ def refine_note(result: SearchResult | None, k: int) -> str:
     optimum = (" no single swap lowers it (a swap-local optimum)" if record.get("local_optimum")
                else " stopped by its budget" if record.get("local_optimum") is False else "")
     score = record.get("score")
-    return (f"**{method_label(result.method)}** removes blocks {sorted(record['removed'])}: the best seed was "
-            f"{record['seed_method']}'s set {sorted(record['seed'])}"
-            + (f" (calibration {record.get('objective', 'nll').upper()} of each seed: {seeds})" if seeds else "")
+    objective = record.get("objective", "nll").upper()
+    return (f"**Refined pick for {k} blocks: {sorted(record['removed'])}**, from {record['seed_method']}'s set "
+            f"{sorted(record['seed'])}" + (f" (the best seed on the calibration {objective}: {seeds})" if seeds else "")
             + f"; {len(swaps)} swap(s) taken{': ' + steps if steps else ''}"
-            + (f"; score {score:,.2f}," if score is not None else ";") + f"{optimum}."
+            + (f"; {objective} {score:,.2f}," if score is not None else ";") + f"{optimum}."
             + (f" SLEB's greedy set was {sorted(seed_search(result).order[:k])}; the plot shows its rounds."
                if result.rounds else ""))
 

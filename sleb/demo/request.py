@@ -146,7 +146,7 @@ def table_of(request: Request, ppl: dict | None = None) -> str:
     table = stats_table(sides, compare_sides(request.stats, request.ideal))
     if request.k:
         table += (f"\n\n*Pruned: {request.k} of {request.entry.num_blocks} blocks removed by "
-                  f"{method_label(request.method)} ({request.source}).*")
+                  f"{method_label(request.method)}; order: {request.source}.*")
         note = refine_note(request.result, request.k)
         table += f" {note}" if note else ""
     healed = request.healed

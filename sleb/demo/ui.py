@@ -112,8 +112,8 @@ def make_run(config: DemoConfig, store: ModelStore):
             # Drawn after the turn: rendering the picture must not hold up the next visitor.
             entry, k = request.entry, request.k
             figure = removal_figure(request.result, k, entry.num_blocks, (EARLY_BARRIER, LATTER_BARRIER),
-                                    f"{entry.name}: {k} of {entry.num_blocks} blocks removed by "
-                                    f"{METHOD_LABELS.get(method, method)} ({request.source})")
+                                    f"{entry.name}: {k} of {entry.num_blocks} blocks removed by {method} "
+                                    f"({request.source})")
             yield page.out("Done.", table_of(request, ppl), figure, details_of(config, request, ppl))
         except Exception as exc:
             raise _user_error(exc) from exc
