@@ -218,7 +218,7 @@ def test_a_refined_result_is_reported_honestly(model_dir, tmp_path, monkeypatch)
     note = refine_note(result, 2)
     assert f"Refined pick for 2 blocks: {sorted(record['removed'])}" in note
     assert f"{record['seed_method']}'s set {sorted(record['seed'])}" in note
-    assert f"{len(record['swaps'])} swap(s) taken" in note and f"SLEB's greedy set was {sorted(greedy)}" in note
+    assert f"{len(record['swaps'])} swap(s) taken" in note and f"sleb's own set was {sorted(greedy)}" in note
     assert refine_note(SearchResult("sleb", 6, greedy), 2) == ""
 
 
@@ -251,6 +251,7 @@ def test_refined_zoo_variants_and_healed_folders_by_the_method_slug(model_dir, t
     for k, blocks in ((1, [3]), (2, [2, 4])):
         steps = list(removal_steps(store, entry, "sleb+refine", k, config.calibration))
         assert len(steps) == 1 and steps[0].result.removed(k) == blocks and steps[0].source.startswith("zoo")
+        assert f"Refined pick for {k} blocks: {blocks}" in refine_note(steps[0].result, k)  # a record with no seed
     assert store.healed_folder(entry, "sleb+refine", 2).name == "tiny-llama-8-sleb-refine-25-healed"
     assert store.healed_folder(entry, "sleb", 2) is None
 

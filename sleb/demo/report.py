@@ -45,14 +45,16 @@ def refine_note(result: SearchResult | None, k: int) -> str:
     steps = "; ".join(f"block {s['in']} back in, {s['out']} out ({s['score']:,.2f})" for s in swaps)
     optimum = (" no single swap lowers it (a swap-local optimum)" if record.get("local_optimum")
                else " stopped by its budget" if record.get("local_optimum") is False else "")
-    score = record.get("score")
+    score, seed = record.get("score"), seed_search(result)
     objective = record.get("objective", "nll").upper()
-    return (f"**Refined pick for {k} blocks: {sorted(record['removed'])}**, from {record['seed_method']}'s set "
-            f"{sorted(record['seed'])}" + (f" (the best seed on the calibration {objective}: {seeds})" if seeds else "")
+    origin = (f", from {record['seed_method']}'s set {sorted(record.get('seed') or [])}"
+              if record.get("seed_method") else "")
+    return (f"**Refined pick for {k} blocks: {sorted(result.removed(k))}**{origin}"
+            + (f" (the best seed on the calibration {objective}: {seeds})" if seeds else "")
             + f"; {len(swaps)} swap(s) taken{': ' + steps if steps else ''}"
             + (f"; {objective} {score:,.2f}," if score is not None else ";") + f"{optimum}."
-            + (f" SLEB's greedy set was {sorted(seed_search(result).order[:k])}; the plot shows its rounds."
-               if result.rounds else ""))
+            + (f" {seed.method}'s own set was {sorted(seed.order[:k])}; the plot shows its rounds."
+               if result.rounds and seed.covers(k) else ""))
 
 
 def round_scores(result: SearchResult, k: int) -> list[float]:
@@ -107,8 +109,9 @@ def removal_figure(result: SearchResult | None, k: int, num_blocks: int, barrier
             scores.annotate(f"#{b}", (s, v), textcoords="offset points", xytext=(0, 6), ha="center", fontsize=7)
         scores.set_xticks(steps)
         scores.set_xlabel("removal step (the block removed)" + (
-            f" of {seed.method}'s search; the pick is {sorted(order)}, refined from {refined['seed_method']}'s "
-            f"set with {len(refined.get('swaps') or [])} swap(s)" if refined else ""), fontsize=8)
+            f" of {seed.method}'s search; the pick is {sorted(order)}, refined from "
+            f"{refined.get('seed_method', seed.method)}'s set with {len(refined.get('swaps') or [])} swap(s)"
+            if refined else ""), fontsize=8)
         scores.set_ylabel(CRITERIA[seed.method].score_label, fontsize=8)
         scores.tick_params(labelsize=8)
         scores.grid(alpha=0.3)
