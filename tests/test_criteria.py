@@ -64,6 +64,7 @@ def test_method_slugs_read_back_and_refined_plans_cost_more():
         assert "+" not in method_slug(method) and method_from_slug(method_slug(method)) == method
         assert method_from_slug(method) == method
     assert method_slug("sleb+refine") == "sleb-refine" and method_from_slug("block-refine") == "block-refine"
+    assert resolve_method("sleb-refine")[0] == "sleb" and resolve_method("sleb-refine")[1].seeds == "all"
     for done in (0, 2, 3):
         greedy = method_forwards("sleb", 30, 3, done)
         assert greedy == CRITERIA["sleb"].forwards(30, 3, done, 1, 1)
