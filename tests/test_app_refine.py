@@ -223,12 +223,12 @@ def test_a_refined_result_is_reported_honestly(model_dir, tmp_path, monkeypatch)
 
 
 def test_refined_zoo_variants_and_healed_folders_by_the_method_slug(model_dir, tmp_path, monkeypatch):
-    """A manifest naming the slug (`sleb-refine`) lists sleb+refine variants named `...-sleb-refine-<pct>`; their
+    """A manifest naming sleb+refine lists its variants named by the slug, `...-sleb-refine-<pct>`; their
     per-count sets are merged; a healed folder is found under the slug's name; the pre-warm heals the
     shipped refined set."""
     manifest = tmp_path / "manifest.yaml"
     manifest.write_text(yaml.safe_dump({
-        "org": "test-zoo", "defaults": {"method": "sleb-refine"},
+        "org": "test-zoo", "defaults": {"method": "sleb+refine"},
         "bases": [{"name": "tiny", "model": str(model_dir), "base_model": "test/tiny", "license": "mit",
                    "ratios": [0.125, 0.25]}]}))
     variants = load_zoo(manifest)
