@@ -81,7 +81,7 @@ def bench_engine(entry, kind: str, ids, removed, settings, repeats: int) -> dict
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--model", default="default")
-    p.add_argument("--method", default="sleb")
+    p.add_argument("--method", help="default: the model's default in the app (sleb/orders/models.json)")
     p.add_argument("--ratio", type=float, default=0.2)
     p.add_argument("--new-tokens", type=int, default=64)
     p.add_argument("--repeats", type=int, default=5, help="dense/pruned pairs after the first request")
@@ -98,6 +98,7 @@ def main() -> None:
     config = DemoConfig(default_model=args.model, calibration=CalibrationSpec(nsamples=args.nsamples,
                                                                               seqlen=args.seqlen), engine="torch")
     store = ModelStore(config)
+    args.method = args.method or store.defaults_for(args.model)["method"]
     entry = store.get(args.model)
     k = blocks_to_remove(entry.num_blocks, args.ratio, None, config.max_ratio)
     *_, last = removal_steps(store, entry, args.method, k, config.calibration)

@@ -108,7 +108,7 @@ def main() -> None:
     p.add_argument("--url", help="a running app (default: start python app.py)")
     p.add_argument("--pid", type=int, help="the running app's process id, for its peak memory")
     p.add_argument("--model", default="default")
-    p.add_argument("--method", default="sleb")
+    p.add_argument("--method", help="default: the model's default in the app (sleb/orders/models.json)")
     p.add_argument("--percent", type=float, default=10)
     p.add_argument("--new-tokens", type=int, default=64)
     p.add_argument("--prompt", default=PROMPT)
@@ -117,6 +117,10 @@ def main() -> None:
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     for noisy in ("httpx", "httpcore"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
+    if not args.method:
+        from sleb.demo import DemoConfig, ModelStore
+
+        args.method = ModelStore(DemoConfig.from_env()).defaults_for(args.model)["method"]
 
     server = None
     if args.url:

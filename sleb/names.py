@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from .criteria import method_slug
+
 
 def percent_label(ratio: float) -> str:
     """10 for 0.1, 12p5 for 0.125: the ratio as a name-safe percentage."""
@@ -9,5 +11,6 @@ def percent_label(ratio: float) -> str:
 
 
 def variant_name(base: str, method: str, ratio: float, healed: bool = False) -> str:
-    """The name of a variant, e.g. `smollm2-135m-instruct-sleb-20` (`...-sleb-20-healed` when healed)."""
-    return f"{base}-{method}-{percent_label(ratio)}" + ("-healed" if healed else "")
+    """The name of a variant, e.g. `smollm2-135m-instruct-sleb-20` (`...-sleb-20-healed` when healed); a refined
+    method by its slug, `...-sleb-refine-10` (`sleb.criteria.method_from_slug` reads it back)."""
+    return f"{base}-{method_slug(method)}-{percent_label(ratio)}" + ("-healed" if healed else "")

@@ -29,6 +29,7 @@ from .criteria import (
     base_method,
     get_criterion,
     is_nested,
+    method_from_slug,
     method_slug,
     refine_seeds,
 )
@@ -113,9 +114,11 @@ def refine_removal(model, calibration: Calibration, result: SearchResult, counts
 def resolve_method(method: str, refine=None):
     """`(criterion name, refine spec)` for a method name: '<criterion>+refine' (the default, 'sleb+refine') is the
     criterion swap-refined from the best of its set and every cheap criterion's (`RefineSpec(seeds="all")`) unless
-    `refine` says otherwise; a plain criterion name is refined only when `refine` is given."""
+    `refine` says otherwise; a plain criterion name is refined only when `refine` is given. A method's slug (the
+    name of folders and zoo variants: 'sleb-refine') reads as the method."""
     from .refine import RefineSpec
 
+    method = method_from_slug(method)
     name = base_method(method)
     if method != name and refine_seeds(method) is None:
         raise SlebError(f"Unknown method {method!r}; choose one of: {', '.join(PICK_METHODS)}.")

@@ -7,7 +7,18 @@ import pytest
 from sleb.blocks import BlockSwitch, find_blocks
 from sleb.calibration import Calibration
 from sleb.cli import build_parser
-from sleb.criteria import CRITERIA, DEFAULT_METHOD, METHODS, PICK_METHODS, get_criterion, is_nested, method_label
+from sleb.criteria import (
+    CRITERIA,
+    DEFAULT_METHOD,
+    METHODS,
+    PICK_METHODS,
+    get_criterion,
+    is_nested,
+    method_forwards,
+    method_from_slug,
+    method_label,
+    method_slug,
+)
 from sleb.demo.report import round_scores
 from sleb.demo.ui import METHOD_LABELS
 from sleb.errors import SlebError
@@ -44,6 +55,21 @@ def test_cost_estimates_grow_with_the_work():
     sleb = CRITERIA["sleb"]
     assert sleb.forwards(30, 6, 0, 1, 1) > sleb.forwards(30, 3, 0, 1, 1) > sleb.forwards(30, 3, 2, 1, 1) > 0
     assert is_nested("sleb") and not is_nested("angular") and not is_nested("sleb+refine")
+
+
+def test_method_slugs_read_back_and_refined_plans_cost_more():
+    """Folder and repo names use the slug (no '+'); it reads back to the method. A refined method's estimate adds
+    its seeds and a refinement pass to its criterion's, however many of the criterion's rounds are saved."""
+    for method in (*PICK_METHODS, "angular+refine"):
+        assert "+" not in method_slug(method) and method_from_slug(method_slug(method)) == method
+        assert method_from_slug(method) == method
+    assert method_slug("sleb+refine") == "sleb-refine" and method_from_slug("block-refine") == "block-refine"
+    assert resolve_method("sleb-refine")[0] == "sleb" and resolve_method("sleb-refine")[1].seeds == "all"
+    for done in (0, 2, 3):
+        greedy = method_forwards("sleb", 30, 3, done)
+        assert greedy == CRITERIA["sleb"].forwards(30, 3, done, 1, 1)
+        assert method_forwards("sleb+refine", 30, 3, done) > greedy + CRITERIA["oneshot-ppl"].forwards(30, 3, 0, 1, 1)
+    assert method_forwards("sleb+refine", 30, 6) > method_forwards("sleb+refine", 30, 3)
 
 
 @pytest.mark.parametrize("method", METHODS)

@@ -59,6 +59,27 @@ def method_slug(method: str) -> str:
     return method.replace("+", "-")
 
 
+def method_from_slug(slug: str) -> str:
+    """The method a folder or repo name's slug stands for: 'sleb-refine' -> 'sleb+refine'; a method is its own."""
+    base, _, tail = slug.rpartition("-")
+    return base + REFINE_SUFFIX if base in CRITERIA and "+" + tail == REFINE_SUFFIX else slug
+
+
+def method_forwards(method: str, total: int, k: int, done: int = 0, early: int = 1, latter: int = 1) -> float:
+    """Estimated cost of `method` for `k` of `total` blocks, in full forward passes over the calibration tokens,
+    with `done` of its criterion's rounds saved (the registry's `Criterion.forwards`). A refined method adds its
+    seeds (every cheap criterion, then one pass per seed set to score it) and one certifying pass over the best
+    seed's swaps, taken as SLEB's whole greedy (0.72-0.95 x its block forwards on SmolLM2, docs/search.md);
+    each accepted swap costs about one pass more."""
+    criterion = get_criterion(method)
+    cost = criterion.forwards(total, k, done, early, latter)
+    if refine_seeds(method) is None:
+        return cost
+    seeds = [c for c in CRITERIA.values() if c.cheap and not c.seeded and c.name != criterion.name]
+    cost += sum(c.forwards(total, k, 0, early, latter) for c in seeds) + len(seeds) + 1
+    return cost + CRITERIA["sleb"].forwards(total, k, 0, early, latter)
+
+
 def get_criterion(method: str) -> Criterion:
     """The registry entry of `method` (or of the criterion a refined method started from); a clear error if none."""
     criterion = CRITERIA.get(base_method(method))
@@ -74,5 +95,6 @@ def is_nested(method: str) -> bool:
 
 
 __all__ = ["CRITERIA", "DEFAULT_METHOD", "METHODS", "PICK_LABELS", "PICK_METHODS", "REFINE_SUFFIX", "Criterion",
-           "base_method", "get_criterion", "is_nested", "method_label", "method_slug", "per_block_scores",
+           "base_method", "get_criterion", "is_nested", "method_forwards", "method_from_slug",
+           "method_label", "method_slug", "per_block_scores",
            "refine_seeds"]

@@ -19,17 +19,17 @@ from dataclasses import asdict, dataclass, field, replace
 import torch
 
 from ..calibration import CalibrationSpec, model_context
-from ..criteria import get_criterion
+from ..criteria import base_method, get_criterion, method_forwards, refine_seeds
 from ..engines import Engine, GenSettings
 from ..errors import SlebError
 from ..evaluation.heldout import ppl_text
 from ..evaluation.perplexity import token_windows
 from ..files import search_state_path
 from ..orders import find_order
-from ..prune import find_removal, search_key
+from ..prune import find_removal, refine_removal, resolve_method, search_key
 from ..search import SearchResult, SearchState
 from ..speed import decode_flops, prefill_flops
-from .models import DemoConfig, LoadedModel, ModelStore
+from .models import DemoConfig, LoadedModel, ModelStore, merged_result
 from .sides import side_engine
 
 log = logging.getLogger(__name__)
@@ -58,16 +58,21 @@ def blocks_to_remove(total: int, ratio: float | None, blocks: int | None, max_ra
 
 @dataclass
 class SearchStep:
-    """Progress of a search: `done` of `total` rounds; `result` is set on the last step."""
+    """Progress of a search: `done` of `total` steps (SLEB's rounds, then a refinement); `result` is set on the
+    last step; `status` says what has run and what runs next."""
 
     done: int
     total: int
     result: SearchResult | None = None
     source: str = ""
+    status: str = ""
 
 
 def _order_for(store: ModelStore, entry: LoadedModel, method: str, k: int) -> tuple[SearchResult | None, str]:
-    """An order that is already known: shipped with sleb, then the zoo's, then one computed here earlier."""
+    """An order that is already known: shipped with sleb, then the zoo's, then one computed here earlier.
+
+    A refined method's sets are per count: its shipped file holds one per count, the zoo's variants'
+    are merged (`merged_result`), and so are the counts refined here."""
     shipped = find_order(entry.base_id, method, entry.num_blocks)
     for result, source in ((shipped, "shipped"), (store.zoo_result(entry, method), "zoo"),
                            (entry.results.get(method), "cached search")):
@@ -83,8 +88,9 @@ def _search_state(entry: LoadedModel, calibration) -> SearchState:
 
 
 def search_plan(store: ModelStore, entry: LoadedModel, method: str, k: int, spec: CalibrationSpec) -> dict:
-    """What finding the order for `k` blocks costs: 0 rounds when it is known, else rounds and estimated time."""
-    criterion = get_criterion(method)  # an unknown method is an error here, never a free plan
+    """What finding the set for `k` blocks costs: 0 rounds when it is known, else the rounds still to run (a
+    refined method: SLEB's, then one refinement step), estimated full forward passes and time here."""
+    criterion = get_criterion(resolve_method(method)[0])  # an unknown method is an error here, never a free plan
     result, source = _order_for(store, entry, method, k)
     if result is not None or k == 0:
         return {"rounds": 0, "seconds": 0.0, "source": source or "none"}
@@ -92,10 +98,12 @@ def search_plan(store: ModelStore, entry: LoadedModel, method: str, k: int, spec
     done = 0
     if criterion.resumable:
         done = len(_search_state(entry, entry.calibration(spec)).load()) if entry.has_calibration(spec) else 0
-    rounds = list(range(done, k)) if criterion.resumable else [0]
-    forwards = criterion.forwards(entry.num_blocks, k, done, EARLY_BARRIER, LATTER_BARRIER)
+    rounds = max(0, k - done) if criterion.resumable else 1
+    refine = refine_seeds(method) is not None
+    forwards = method_forwards(method, entry.num_blocks, k, min(done, k), EARLY_BARRIER, LATTER_BARRIER)
     seconds = forwards * tokens / entry.forward_tok_s
-    return {"rounds": len(rounds), "seconds": round(seconds, 1), "tokens": tokens, "source": "search",
+    return {"rounds": rounds + refine, "search_rounds": rounds, "refine": refine, "forwards": round(forwards, 1),
+            "seconds": round(seconds, 1), "tokens": tokens, "source": "search",
             "forward_tok_s": round(entry.forward_tok_s, 1)}
 
 
@@ -104,43 +112,85 @@ def plan_text(plan: dict, method: str, k: int) -> str:
         return f"Order for {k} blocks: {plan['source']} (no search needed)." if k else "Nothing removed."
     minutes = plan["seconds"] / 60
     when = f"about {minutes:.0f} min" if minutes >= 1 else f"about {plan['seconds']:.0f} s"
-    return (f"**{method} must search first**: {plan['rounds']} round(s) on {plan['tokens']:,} calibration tokens, "
-            f"{when} on this machine now (a forward pass runs at {plan['forward_tok_s']:,.0f} tokens/s here; other "
-            f"visitors share the CPU). Stop cancels it after the current round; finished rounds are kept.")
+    cost = (f"{when} on this machine now ({plan['forwards']:,.0f} forward passes' worth; a forward pass runs at "
+            f"{plan['forward_tok_s']:,.0f} tokens/s here; other visitors share the CPU)")
+    if not plan.get("refine"):
+        return (f"**{method} must search first**: {plan['rounds']} round(s) on {plan['tokens']:,} calibration "
+                f"tokens, {cost}. Stop cancels it after the current round; finished rounds are kept.")
+    return (f"**{method} must search first**: {plan['search_rounds']} round(s) of {base_method(method)}, then "
+            f"every cheap criterion's set for {k} blocks as seeds and one swap-refinement step from the best of "
+            f"them, on {plan['tokens']:,} calibration tokens, {cost}. The refinement runs as one step that holds "
+            f"the model (other visitors wait meanwhile), about as long as the rounds together. Stop cancels it "
+            f"between rounds; finished rounds and accepted swaps are kept. A refined set is for {k} blocks only: "
+            f"another count refines again.")
 
 
-def removal_steps(store: ModelStore, entry: LoadedModel, method: str, k: int,
-                  spec: CalibrationSpec) -> Iterator[SearchStep]:
-    """Find the removal order for `k` blocks, yielding after each SLEB round so the caller can show and cancel.
-
-    A shipped order is used where it covers `k`, then the zoo's, then an order computed
-    earlier; otherwise SLEB runs round by round through `find_removal` (its state file makes
-    every finished round free to reuse, and the order is nested, so a larger `k` later only
-    adds rounds). A baseline is computed once up to the demo's cap. Each round takes a turn
-    on the model, so other visitors' answers run between rounds.
-    """
-    criterion = get_criterion(method)
-    result, source = _order_for(store, entry, method, k)
-    if result is not None:
-        yield SearchStep(k, k, result, source)
-        return
-    calibration = entry.calibration(spec)
-    if not criterion.resumable:
+def _base_steps(store: ModelStore, entry: LoadedModel, name: str, k: int, calibration,
+                total: int) -> Iterator[SearchStep]:
+    """The criterion's own search for `k` blocks: SLEB round by round (resumed from its state file), another
+    criterion once up to the demo's cap. Each yields a step; the last holds the result."""
+    if not get_criterion(name).resumable:
         with entry.turn(), entry.lock:
             result = find_removal(entry.model, calibration, max_removable(entry.num_blocks, store.config.max_ratio),
-                                  method, early_barrier=EARLY_BARRIER, latter_barrier=LATTER_BARRIER, progress=False)
-        entry.results[method] = result
-        yield SearchStep(k, k, result, "computed")
+                                  name, early_barrier=EARLY_BARRIER, latter_barrier=LATTER_BARRIER, progress=False)
+        entry.results[name] = result
+        yield SearchStep(1, total, result, "computed", f"{name}: computed once, up to the demo's cap.")
         return
     state = _search_state(entry, calibration)
     done = min(len(state.load()), k)
     for j in range(max(done, 1), k + 1):
         with entry.turn(), entry.lock:
-            result = find_removal(entry.model, calibration, j, "sleb", early_barrier=EARLY_BARRIER,
+            result = find_removal(entry.model, calibration, j, name, early_barrier=EARLY_BARRIER,
                                   latter_barrier=LATTER_BARRIER, progress=False, state_path=state.path)
-        if result.max_remove > getattr(entry.results.get("sleb"), "max_remove", 0):
-            entry.results["sleb"] = result
-        yield SearchStep(j, k, result if j == k else None, "computed" if k > done else "cached search")
+        if result.max_remove > getattr(entry.results.get(name), "max_remove", 0):
+            entry.results[name] = result
+        yield SearchStep(j, total, result if j == k else None, "computed" if k > done else "cached search",
+                         f"Searching: {j} of {k} blocks chosen by {name}…")
+
+
+def _refined_steps(store: ModelStore, entry: LoadedModel, method: str, k: int, calibration) -> Iterator[SearchStep]:
+    """SLEB's rounds (or the criterion's one step), then the refinement for `k` blocks as one more step, in one
+    turn on the model (resumable from its state file); the count's set is merged into the ones refined here."""
+    name, spec = resolve_method(method)
+    total = (k if get_criterion(name).resumable else 1) + 1
+    searched = None
+    for step in _base_steps(store, entry, name, k, calibration, total):
+        searched = step.result
+        if step.result is not None:
+            step = replace(step, result=None, status=f"{name}'s search done; now refining the set for {k} blocks (one "
+                                                     "step that holds the model)…")
+        yield step
+    with entry.turn(), entry.lock:
+        refined = refine_removal(entry.model, calibration, searched, [k], spec, early_barrier=EARLY_BARRIER,
+                                 latter_barrier=LATTER_BARRIER, progress=False)
+    entry.results[method] = merged_result([entry.results.get(method), refined])
+    record = refined.settings["refine"][str(k)]
+    yield SearchStep(total, total, entry.results[method], "computed",
+                     f"Refined: {record['seed_method']}'s set was the best seed; {len(record['swaps'])} swap(s) taken.")
+
+
+def removal_steps(store: ModelStore, entry: LoadedModel, method: str, k: int,
+                  spec: CalibrationSpec) -> Iterator[SearchStep]:
+    """Find the removal set for `k` blocks, yielding after each step so the caller can show and cancel.
+
+    A shipped order is used where it covers `k`, then the zoo's, then one computed earlier;
+    otherwise SLEB runs round by round through `find_removal` (its state file makes every
+    finished round free to reuse, and the order is nested, so a larger `k` later only adds
+    rounds). A baseline is computed once up to the demo's cap. A refined method (`sleb+refine`)
+    then refines the set for `k` as one more step (`sleb.prune.refine_removal`, the same as
+    `sleb.prune.choose`) and keeps it per count. Each step takes a turn on the model, so other
+    visitors' answers run between them.
+    """
+    resolve_method(method)  # an unknown method is an error before anything runs
+    result, source = _order_for(store, entry, method, k)
+    if result is not None:
+        yield SearchStep(k, k, result, source, f"Order for {k} blocks: {source}.")
+        return
+    calibration = entry.calibration(spec)
+    if refine_seeds(method) is not None:
+        yield from _refined_steps(store, entry, method, k, calibration)
+    else:
+        yield from _base_steps(store, entry, method, k, calibration, k if get_criterion(method).resumable else 1)
 
 
 # --- generation -----------------------------------------------------------------------------------------------------

@@ -30,7 +30,7 @@ from ..errors import SlebError
 from ..healing import HealSpec
 from ..loading import DEFAULT_BASE_ID, DEFAULT_MODEL, DEFAULT_PACKAGE, ModelSource, load_model, resolve
 from ..names import variant_name
-from ..orders import model_defaults, order_name
+from ..orders import model_defaults, order_name, orders_of
 from ..search import SearchResult
 from ..speed import matmul_params
 from .online import hub_online
@@ -43,6 +43,7 @@ log = logging.getLogger(__name__)
 ROOT = Path(__file__).resolve().parents[2]
 ZOO_PREFIX = "zoo:"  # picker values of zoo variants
 GENERIC_RATIO = 0.1  # default ratio of a model without an entry in sleb/orders/models.json
+GENERIC_METHOD = "sleb"  # its default method, and the fallback where models.json's method has no shipped order
 
 
 def embedded_default_available() -> bool:
@@ -260,6 +261,7 @@ class ModelStore:
         self.orders = ZooOrders()
         self.hub_misses: dict[str, float] = {}  # healed zoo repos not found on the Hub, and when (`healed`)
         self.healed_refused: set[tuple[str, int]] = set()  # healed folders (and mtimes) that did not fit their model
+        self.fallbacks: set[tuple[str, str]] = set()  # (model, method) whose default fell back to sleb, logged once
         self._models: OrderedDict[str, LoadedModel] = OrderedDict()
         self._lock = threading.Lock()  # guards the cache itself; held briefly
         self._load_lock = threading.Lock()  # one load at a time: memory, and no model loaded twice
@@ -286,9 +288,26 @@ class ModelStore:
             entry = self._models.get(value)
         base = entry.base_id if entry is not None else base
         found = model_defaults(base)
-        return {"method": found.get("method", "sleb"), "ratio": float(found.get("ratio", GENERIC_RATIO)),
-                "why": found.get("why") or f"{GENERIC_RATIO:.0%} by default: a safe start for a model this demo has "
-                                           "no study of; try more and watch the perplexity."}
+        method, why = self._shipped_default(base, found.get("method", GENERIC_METHOD), found.get("why"))
+        return {"method": method, "ratio": float(found.get("ratio", GENERIC_RATIO)),
+                "why": why or f"{GENERIC_RATIO:.0%} by {GENERIC_METHOD} by default: a safe start for a model this "
+                              "demo has no study of (its greedy search is the quicker one to run here); try more and "
+                              "watch the perplexity."}
+
+    def _shipped_default(self, base: str, method: str, why: str | None) -> tuple[str, str | None]:
+        """`models.json`'s method, or `sleb` where only SLEB's order ships for this model (said once in the log):
+        the first answer must never wait for a search."""
+        shipped = {order.method for order in orders_of(base)}
+        if method in shipped or GENERIC_METHOD not in shipped:
+            return method, why
+        if (base, method) not in self.fallbacks:
+            self.fallbacks.add((base, method))
+            log.warning("sleb/orders/models.json makes %s the default of %s, but no %s order ships for it "
+                        "(sleb/orders/%s-%s.json); the default falls back to %s, whose order ships", method, base,
+                        method, order_name(base), method, GENERIC_METHOD)
+        return GENERIC_METHOD, (f"{GENERIC_METHOD} here for now: no {method} order ships for this model yet, and "
+                                f"{GENERIC_METHOD}'s does, so the first answer needs no search. models.json: "
+                                + (why or f"{method}."))
 
     def zoo_variant(self, value: str) -> ZooVariant | None:
         if not value.startswith(ZOO_PREFIX):
@@ -297,13 +316,17 @@ class ModelStore:
         return next((v for v in self.zoo if v.repo == repo), None)
 
     def zoo_result(self, entry: LoadedModel, method: str) -> SearchResult | None:
-        """The zoo's removal order for this base model and method (its longest), if it publishes one."""
+        """The zoo's removal order for this base model and method (its longest), if it publishes one; for a
+        method whose sets are not nested (a refined one), every variant's sets merged."""
         same = [v for v in self.zoo_variants(entry) if v.method == method and not v.healed]
+        found = []
         for variant in sorted(same, key=lambda v: -v.ratio):
             result = self.orders.result(variant)
             if result is not None and result.num_blocks == entry.num_blocks:
-                return result
-        return None
+                if not result.by_count:  # one order: the longest serves every smaller count
+                    return result
+                found.append(result)
+        return merged_result(found)
 
     def zoo_variants(self, entry: LoadedModel) -> list[ZooVariant]:
         """The zoo's variants of this loaded model (by its Hub id, or by what a variant loads for its base)."""
@@ -330,7 +353,8 @@ class ModelStore:
     def healed_folder(self, entry: LoadedModel, method: str, k: int) -> Path | None:
         """A healed checkpoint of this pruning, if one is there: `<healed_dir>/<variant name>-healed`.
 
-        The name is the zoo's (`sleb.names.variant_name`, e.g. `smollm2-135m-instruct-sleb-10-healed`).
+        The name is the zoo's (`sleb.names.variant_name`, e.g. `smollm2-135m-instruct-sleb-10-healed`; a refined
+        method by its slug, `...-sleb-refine-10-healed`).
         The first of the healed column's sources (see `healed.find_healed` for the others).
         """
         if not self.config.healed_dir or not k:
@@ -377,6 +401,22 @@ class ModelStore:
         engine = model_engine(self.config.engine, source)  # an unusable choice fails before the weights load
         model, tokenizer, source = load_model(name, device="cpu")
         return loaded_model(name, model, tokenizer, source, engine)
+
+
+def merged_result(results: list[SearchResult | None]) -> SearchResult | None:
+    """One result of a method from several: the longest order, or for sets that are not nested (refined sets,
+    one per count) every count's set and its refinement record together, with the longest greedy rounds."""
+    results = [r for r in results if r is not None]
+    if not results or not all(r.by_count for r in results):
+        return max(results, key=lambda r: r.max_remove, default=None)
+    by_count, refined = {}, {}
+    for result in results:
+        by_count.update(result.by_count)
+        refined.update(result.settings.get("refine") or {})
+    longest = max(results, key=lambda r: len(r.rounds or []))
+    settings = {**longest.settings, "refine": refined} if refined else dict(longest.settings)
+    return replace(longest, order=list(by_count[max(by_count)]), by_count=dict(sorted(by_count.items())),
+                   settings=settings)
 
 
 def loaded_model(name: str, model, tokenizer, source: ModelSource,

@@ -12,6 +12,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 
+from ..criteria import method_label
 from ..errors import SlebError
 from ..search import SearchResult
 from .engine import (
@@ -29,7 +30,7 @@ from .engine import (
 )
 from .healed import HealedModel, find_healed, healed_model
 from .models import DemoConfig, LoadedModel, ModelStore
-from .report import stats_table
+from .report import refine_note, refine_record, stats_table
 
 HEALED_ENGINE_NOTE = ("*The healed column runs on torch: llama.cpp runs GGUF files, and healing changes the kept "
                       "blocks' weights, so it is not a GGUF pruned by copying; its speed is not compared with the "
@@ -80,9 +81,9 @@ def find_order(config: DemoConfig, store: ModelStore, request: Request,
         yield plan_text(plan, method, k)
         for step in removal_steps(store, request.entry, method, k, config.calibration):
             if progress is not None:
-                progress((step.done, step.total), desc=f"{method}: {step.done} of {step.total} blocks chosen")
+                progress((step.done, step.total), desc=f"{method}: step {step.done} of {step.total}")
             request.result, request.source = step.result, step.source
-            yield f"{plan_text(plan, method, k)}\n\nSearching: {step.done} of {step.total} blocks chosen…"
+            yield f"{plan_text(plan, method, k)}\n\n{step.status}"
     elif k:
         *_, last = removal_steps(store, request.entry, method, k, config.calibration)
         request.result, request.source = last.result, last.source
@@ -143,6 +144,11 @@ def table_of(request: Request, ppl: dict | None = None) -> str:
     ppl = ppl or {}
     sides = {name: side_of(request, name, ppl.get(name)) for name in request.stats}
     table = stats_table(sides, compare_sides(request.stats, request.ideal))
+    if request.k:
+        table += (f"\n\n*Pruned: {request.k} of {request.entry.num_blocks} blocks removed by "
+                  f"{method_label(request.method)}; order: {request.source}.*")
+        note = refine_note(request.result, request.k)
+        table += f" {note}" if note else ""
     healed = request.healed
     if healed is not None and request.stats["healed"].engine != request.stats["dense"].engine:
         table += "\n\n" + HEALED_ENGINE_NOTE
@@ -158,9 +164,11 @@ def details_of(config: DemoConfig, request: Request, ppl: dict) -> dict:
     entry = request.entry
     speed = compare_sides(request.stats, request.ideal)
     healed = {"healed_speedup": speed["healed"]} if request.healed is not None else {}
+    refined = refine_record(request.result, request.k)
     return {
-        "model": entry.name, "base_model": entry.base_id, "method": request.method, "num_blocks": entry.num_blocks,
-        "removed": request.removed, "order_source": request.source, "engine": entry.engine_name,
+        "model": entry.name, "base_model": entry.base_id, "method": request.method,
+        "method_label": method_label(request.method), "num_blocks": entry.num_blocks, "removed": request.removed,
+        **({"refine": refined} if refined else {}), "order_source": request.source, "engine": entry.engine_name,
         "engine_note": entry.engine_note, **{name: side_of(request, name, ppl[name]) for name in request.stats},
         "speedup": speed["pruned"], **healed, "prompt_tokens": request.prompt_tokens,
         "chat_template": entry.is_chat, "decoding": vars(request.settings), "calibration": config.calibration_text(),

@@ -171,10 +171,12 @@ def build_demo(config: DemoConfig | None = None, store: ModelStore | None = None
                     temperature = gr.Slider(0, 1.5, value=0, step=0.05, label="Temperature (0: greedy)")
                     seed = gr.Number(0, precision=0, label="Seed (when sampling)")
                 gr.Markdown(
-                    f"Removal orders ship with sleb for the default model (a SLEB search on more calibration text "
-                    f"than a visit could wait for; see `sleb/orders/`), or come from the zoo; otherwise they are "
-                    f"computed here on {config.calibration_text()}: a small CPU budget (the paper uses 128 x 2048 "
-                    f"tokens), once per model and method, cached, and a larger ratio later only adds rounds. "
+                    f"Removal orders ship with sleb for the default model (searches longer than a visit could "
+                    f"wait for, the refined pick's sets for 1-9 blocks among them; see `sleb/orders/`), or come "
+                    f"from the zoo; otherwise they are computed here on {config.calibration_text()}: a small CPU "
+                    f"budget (the paper uses 128 x 2048 tokens), once per model and method, cached. SLEB's order is "
+                    f"nested, so a larger ratio later only adds rounds; the refined pick refines each block count "
+                    f"on its own, after SLEB's rounds. "
                     f"Prompts up to {config.max_prompt_tokens} tokens; the chat template is applied for chat models.",
                     elem_id="calibration-note")
             with gr.Column(scale=2):

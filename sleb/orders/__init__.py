@@ -79,13 +79,17 @@ def shipped_orders(folder: str | os.PathLike | None = None) -> list[ShippedOrder
     return list(_read_all(str(folder or orders_dir())))
 
 
+def orders_of(base_model: str, folder: str | os.PathLike | None = None) -> list[ShippedOrder]:
+    """The shipped orders of this model (by Hub id or name), every method."""
+    names = {base_model, order_name(base_model)}
+    return [order for order in shipped_orders(folder) if names & {order.base_model, order.name}]
+
+
 def find_order(base_model: str, method: str, num_blocks: int,
                folder: str | os.PathLike | None = None) -> SearchResult | None:
     """The shipped order of `method` for this model (by Hub id or name), if its block count matches."""
-    names = {base_model, order_name(base_model)}
-    for order in shipped_orders(folder):
-        if order.method == method and names & {order.base_model, order.name} \
-                and order.result.num_blocks == num_blocks:
+    for order in orders_of(base_model, folder):
+        if order.method == method and order.result.num_blocks == num_blocks:
             return order.result
     return None
 
