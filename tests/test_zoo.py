@@ -29,6 +29,8 @@ from zoo import publish
 from zoo.hub import Publisher
 from zoo.manifest import ManifestError, load_manifest
 
+from .conftest import zoo_dry_run
+
 ROOT = Path(__file__).resolve().parents[1]
 ORG = "sleb-test"
 NAMES = ["tiny-llama-sleb-20", "tiny-llama-sleb-40"]
@@ -56,14 +58,9 @@ bases:
 def run(tmp_path_factory, tiny_model_dir):
     """One dry run of the test manifest; the second base cannot be loaded offline and is skipped."""
     root = tmp_path_factory.mktemp("zoo")
-    manifest = root / "manifest.yaml"
-    manifest.write_text(MANIFEST.format(model=tiny_model_dir))
-    out, cache = root / "out", root / "cache"
-    argv = ["--manifest", str(manifest), "--dry-run", "--out", str(out), "--cache", str(cache)]
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("SLEB_STATE_DIR", str(root / "state"))
-        rc = publish.main(argv)
-    return SimpleNamespace(root=root, manifest=manifest, out=out, cache=cache, argv=argv, rc=rc, model=tiny_model_dir)
+    manifest, out, argv, rc = zoo_dry_run(root, MANIFEST.format(model=tiny_model_dir))
+    return SimpleNamespace(root=root, manifest=manifest, out=out, cache=root / "cache", argv=argv, rc=rc,
+                           model=tiny_model_dir)
 
 
 def _json(path):

@@ -8,8 +8,9 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM
 
-from zoo import publish
 from zoo.manifest import ManifestError, load_manifest
+
+from .conftest import zoo_dry_run
 
 MANIFEST = """\
 org: sleb-test
@@ -29,13 +30,7 @@ bases:
 
 @pytest.fixture(scope="module")
 def healed_run(tmp_path_factory, tiny_model_dir):
-    root = tmp_path_factory.mktemp("zoo-heal")
-    manifest = root / "manifest.yaml"
-    manifest.write_text(MANIFEST.format(model=tiny_model_dir))
-    out = root / "out"
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("SLEB_STATE_DIR", str(root / "state"))
-        rc = publish.main(["--manifest", str(manifest), "--dry-run", "--out", str(out), "--cache", str(root / "c")])
+    manifest, out, _, rc = zoo_dry_run(tmp_path_factory.mktemp("zoo-heal"), MANIFEST.format(model=tiny_model_dir))
     return manifest, out, rc
 
 

@@ -20,9 +20,10 @@ from huggingface_hub import ModelCard
 
 from sleb.criteria import get_criterion, method_label
 from sleb.orders import find_order, shipped_orders
-from zoo import publish
 from zoo.build import prune_command
 from zoo.manifest import load_manifest
+
+from .conftest import zoo_dry_run
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -46,13 +47,7 @@ bases:
 def run(tmp_path_factory, tiny_model_dir):
     """One dry run of a manifest that leaves the method to the zoo's default."""
     root = tmp_path_factory.mktemp("zoo-refine")
-    manifest = root / "manifest.yaml"
-    manifest.write_text(MANIFEST.format(model=tiny_model_dir))
-    out = root / "out"
-    argv = ["--manifest", str(manifest), "--dry-run", "--out", str(out), "--cache", str(root / "cache")]
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("SLEB_STATE_DIR", str(root / "state"))
-        rc = publish.main(argv)
+    manifest, out, _, rc = zoo_dry_run(root, MANIFEST.format(model=tiny_model_dir))
     records = {name: json.loads((out / name / "sleb.json").read_text()) for name in NAMES}
     return SimpleNamespace(root=root, manifest=manifest, out=out, rc=rc, records=records)
 
