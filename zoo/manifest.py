@@ -44,7 +44,7 @@ from .settings import (
     _settings,
     _unknown_key,
     parse_override,
-    recorded_method,
+    variant_method,
 )
 from .yamltree import Bad as _Bad
 from .yamltree import ManifestError, Node, parse
@@ -127,7 +127,7 @@ class Manifest:
 
 
 def variant_name(base: Base, ratio: float) -> str:
-    return naming.variant_name(base.name, recorded_method(base.settings), ratio)
+    return naming.variant_name(base.name, variant_method(base.settings), ratio)
 
 
 def base_variants(base: Base, org: str) -> list[Variant]:

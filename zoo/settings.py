@@ -15,8 +15,7 @@ from sleb.evaluation.zeroshot import ZEROSHOT_TASKS
 from sleb.healing.distill import DistillSpec
 from sleb.healing.run import HEAL_METHODS
 from sleb.loading import DTYPES
-from sleb.names import pick_method
-from sleb.prune import DEFAULT_METHOD, PICK_METHODS, resolve_method
+from sleb.prune import DEFAULT_METHOD, PICK_METHODS, recorded_method, resolve_method
 from sleb.refine import RefineSpec
 
 from .yamltree import Bad as _Bad
@@ -46,9 +45,9 @@ def search_plan(settings: dict) -> tuple[str, RefineSpec | None]:
     return resolve_method(settings["method"], RefineSpec(seeds=settings["refine"]) if settings["refine"] else None)
 
 
-def recorded_method(settings: dict) -> str:
+def variant_method(settings: dict) -> str:
     """The method a base's variants are recorded and named under: 'sleb+refine', or 'sleb' for the paper's greedy."""
-    return pick_method(settings["method"], settings["refine"])
+    return recorded_method(settings["method"], settings["refine"])
 
 
 def _type_name(value: Any) -> str:

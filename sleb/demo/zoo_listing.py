@@ -2,7 +2,7 @@
 
 The manifest (see zoo/manifest.yaml) names an `org` and `bases`, each with a `model`, an
 optional `fallback` (e.g. `default`, the embedded copy), `ratios` and settings that
-override `defaults`; each base gives one variant per ratio, `<org>/<name>-<method slug>-<percent>`,
+override `defaults`; each base gives one variant per ratio, `<org>/<name>-<method>-<percent>`,
 and with `heal: {enabled: true}` a healed one beside it, `...-<percent>-healed`.
 A variant's `sleb.json` holds the base's whole removal order with each round's score; the
 demo reads it from a local build folder (`SLEB_ZOO_DIR`, else `build/zoo` in the project)
@@ -23,11 +23,11 @@ from pathlib import Path
 
 import yaml
 
-from ..criteria import DEFAULT_METHOD
 from ..errors import SlebError
 from ..files import RECORD_FILE, record_path
 from ..loading import DEFAULT_BASE_ID, DEFAULT_MODEL
-from ..names import pick_method, variant_name
+from ..names import variant_name
+from ..prune import DEFAULT_METHOD, recorded_method
 from ..search import SearchResult
 from .online import hub_online
 
@@ -66,8 +66,8 @@ def load_zoo(path: str | os.PathLike | None) -> list[ZooVariant]:
         defaults = data.get("defaults") or {}
         variants = []
         for base in data.get("bases") or []:
-            method = pick_method(base.get("method") or defaults.get("method") or DEFAULT_METHOD,
-                                 base.get("refine", defaults.get("refine")))
+            method = recorded_method(base.get("method") or defaults.get("method") or DEFAULT_METHOD,
+                                     base.get("refine", defaults.get("refine")))  # the zoo's defaults
             model = str(base["model"])
             base_model = base.get("base_model") or (DEFAULT_BASE_ID if model == DEFAULT_MODEL else model)
             heal = {**(defaults.get("heal") or {}), **(base.get("heal") or {})}
