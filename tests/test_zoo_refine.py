@@ -20,6 +20,7 @@ from huggingface_hub import ModelCard
 
 from sleb.criteria import get_criterion, method_label
 from sleb.orders import find_order, shipped_orders
+from zoo import publish
 from zoo.build import prune_command
 from zoo.manifest import load_manifest
 
@@ -130,6 +131,22 @@ def test_order_file_holds_one_set_per_ratio_and_the_index_the_label(run):
     assert [(v["method"], v["nested"]) for v in index["variants"]] == [("sleb+refine", False)] * 3
     readme = (run.out / "_index" / "README.md").read_text()
     assert sum(f"| {method_label('sleb+refine')} |" in line for line in readme.splitlines()) == 3
+
+
+def test_order_file_is_rewritten_when_a_build_holds_counts_it_lacks_and_kept_when_it_holds_them(run, tmp_path):
+    ship, cache = tmp_path / "ship", tmp_path / "cache"  # a fresh cache: records made again, searches resumed
+    argv = ["--manifest", str(run.manifest), "--dry-run", "--out", str(tmp_path / "out"), "--cache", str(cache),
+            "--orders-dir", str(ship), "--no-index"]
+    path = ship / "tiny-llama-sleb+refine.json"
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("SLEB_STATE_DIR", str(run.root / "state"))
+        assert publish.main([*argv, "--only", NAMES[2]]) == 0
+        assert sorted(find_order("sleb-test/tiny-random-llama", "sleb+refine", 6, ship).by_count) == [4]
+        assert publish.main(argv) == 0  # the same largest count, but counts the file lacks: rewritten
+        assert sorted(find_order("sleb-test/tiny-random-llama", "sleb+refine", 6, ship).by_count) == [1, 2, 4]
+        written = path.read_bytes()
+        assert publish.main([*argv, "--only", NAMES[0]]) == 0
+    assert path.read_bytes() == written
 
 
 def test_the_demo_lists_the_same_names_and_method(run):
