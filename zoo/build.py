@@ -402,11 +402,13 @@ def _build_variant(run: _BaseRun, variant: Variant, k: int) -> Built:
 
 
 def _variant_record(run: _BaseRun, order: list[int], pruned) -> dict:
-    """The variant's `sleb.json` record, cached by model, calibration, method, barriers and order."""
+    """The variant's `sleb.json` record, cached by model, calibration, method (and refinement seeds), barriers and
+    order."""
     settings = run.settings
+    seeds = run.result.settings.get("refine_seeds")  # refine: seed and all are both recorded as '<method>+refine'
     record_key = digest({"model": run.mkey, "calibration": run.calib.info["fingerprint"], "method": run.result.method,
-                         "refine": run.result.settings.get("refine_seeds"),
-                         "barriers": [settings["early_barrier"], settings["latter_barrier"]], "order": order})
+                         "barriers": [settings["early_barrier"], settings["latter_barrier"]], "order": order,
+                         **({"refine_seeds": seeds} if seeds else {})})
     record = run.cache.get("record", record_key)
     if record is None:
         fresh = make_record(run.result, order, run.source, run.dense_params, pruned,
