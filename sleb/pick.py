@@ -67,7 +67,8 @@ def refine_result(model, calibration: Calibration, result: SearchResult, counts:
         state = SearchState(state_dir / f"refine-{key}.json", key)
         record = refine(model, calibration.windows, candidates[chosen], early_barrier, latter_barrier, spec,
                         batch_size=batch_size, state=state, progress=progress)
-        records[str(k)] = {"seed_method": chosen, "seed_scores": seed_scores, "state_file": state.path.name, **record}
+        records[str(k)] = {"seed_method": chosen, "seed_scores": seed_scores, "state_file": state.path.name,
+                           "seed_sets": {name: sorted(blocks) for name, blocks in candidates.items()}, **record}
         by_count[k] = record["removed"]
         log.info("%d blocks: refined %s's %s to %s (%s %.4f -> %s)", k, chosen, candidates[chosen],
                  record["removed"], spec.objective, record.get("seed_score") or float("nan"), record["score"])

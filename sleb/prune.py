@@ -26,6 +26,7 @@ from .criteria import (
     DEFAULT_METHOD,
     METHODS,
     PICK_METHODS,
+    REFINE_SUFFIX,
     base_method,
     get_criterion,
     is_nested,
@@ -126,6 +127,15 @@ def resolve_method(method: str, refine=None):
     if method != name and refine is None:
         refine = RefineSpec(seeds=refine_seeds(method))
     return name, refine
+
+
+def recorded_method(method: str, refine: str | None = None) -> str:
+    """The method a pick of `method` with `--refine refine` is recorded under (`sleb.json`'s `method`): 'sleb+refine'
+    -> 'sleb+refine', 'sleb' -> 'sleb', 'sleb' with refine 'seed' or 'all' -> 'sleb+refine'."""
+    from .refine import RefineSpec
+
+    name, spec = resolve_method(method, RefineSpec(seeds=refine) if refine else None)
+    return name + REFINE_SUFFIX if spec is not None else name
 
 
 def choose(model, tokenizer, calibration: Calibration, counts: Sequence[int], method: str = DEFAULT_METHOD, *,

@@ -133,3 +133,17 @@ def check_speed_figures(figures: dict, dense, removed: int, repeats: int, prefil
     assert figures["speedup_prefill"] == pytest.approx(median["dense"]["prefill_s"] / median["pruned"]["prefill_s"])
     assert figures["speedup_decode_b1"] == pytest.approx(median["dense"]["decode_b1_step_s"]
                                                          / median["pruned"]["decode_b1_step_s"])
+
+
+def zoo_dry_run(root: Path, text: str) -> tuple[Path, Path, list[str], int]:
+    """`python zoo/publish.py --dry-run` of the manifest `text` in `root`, with its own sleb state folder:
+    `(manifest, out, argv, exit status)`."""
+    from zoo import publish
+
+    manifest = root / "manifest.yaml"
+    manifest.write_text(text)
+    out = root / "out"
+    argv = ["--manifest", str(manifest), "--dry-run", "--out", str(out), "--cache", str(root / "cache")]
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("SLEB_STATE_DIR", str(root / "state"))
+        return manifest, out, argv, publish.main(argv)

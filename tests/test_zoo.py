@@ -29,12 +29,15 @@ from zoo import publish
 from zoo.hub import Publisher
 from zoo.manifest import ManifestError, load_manifest
 
+from .conftest import zoo_dry_run
+
 ROOT = Path(__file__).resolve().parents[1]
 ORG = "sleb-test"
 NAMES = ["tiny-llama-sleb-20", "tiny-llama-sleb-40"]
 MANIFEST = """\
 org: sleb-test
 defaults:
+  method: sleb  # the paper's greedy: one nested order (tests/test_zoo_refine.py builds the default, sleb+refine)
   calibration: {{nsamples: 4, seqlen: 32}}
   eval: {{ppl: [wikitext2], seqlen: 64, max_windows: 2, zeroshot: [piqa], zeroshot_limit: 3}}
   speed: {{prompt_len: 16, decode_batch: 2, new_tokens: 4, repeats: 1, warmup: 0}}
@@ -55,14 +58,9 @@ bases:
 def run(tmp_path_factory, tiny_model_dir):
     """One dry run of the test manifest; the second base cannot be loaded offline and is skipped."""
     root = tmp_path_factory.mktemp("zoo")
-    manifest = root / "manifest.yaml"
-    manifest.write_text(MANIFEST.format(model=tiny_model_dir))
-    out, cache = root / "out", root / "cache"
-    argv = ["--manifest", str(manifest), "--dry-run", "--out", str(out), "--cache", str(cache)]
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("SLEB_STATE_DIR", str(root / "state"))
-        rc = publish.main(argv)
-    return SimpleNamespace(root=root, manifest=manifest, out=out, cache=cache, argv=argv, rc=rc, model=tiny_model_dir)
+    manifest, out, argv, rc = zoo_dry_run(root, MANIFEST.format(model=tiny_model_dir))
+    return SimpleNamespace(root=root, manifest=manifest, out=out, cache=root / "cache", argv=argv, rc=rc,
+                           model=tiny_model_dir)
 
 
 def _json(path):
@@ -107,6 +105,7 @@ def test_folder_loads_generates_and_equals_the_dense_model_with_those_blocks_byp
         folder = run.out / name
         record = _json(folder / "sleb.json")
         assert record["verification"]["reload"] == "passed" and record["verification"]["config_check"] == "passed"
+        assert record["method"] == "sleb" and record["nested"] is True  # method: sleb, the paper's greedy
         model = AutoModelForCausalLM.from_pretrained(folder).eval()
         tokenizer = AutoTokenizer.from_pretrained(folder)
         assert model.config.num_hidden_layers == 6 - len(record["removal_order"]) == record["num_blocks"]
@@ -290,7 +289,8 @@ def test_an_unknown_variant_or_override_is_rejected_with_the_known_names(run):
 def test_default_manifest_is_valid_and_lists_smollm2_at_three_ratios():
     manifest = load_manifest(check_hub=False)
     names = [v.name for v in manifest.variants]
-    assert names[:3] == [f"smollm2-135m-instruct-sleb-{p}" for p in (10, 20, 30)]
+    assert names[:3] == [f"smollm2-135m-instruct-sleb-refine-{p}" for p in (10, 20, 30)]
+    assert manifest.bases[0].settings["method"] == "sleb+refine"
     assert manifest.bases[0].base_model == "HuggingFaceTB/SmolLM2-135M-Instruct"
     assert all(b.settings["requires_gpu"] for b in manifest.bases[1:])
 

@@ -8,8 +8,9 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM
 
-from zoo import publish
 from zoo.manifest import ManifestError, load_manifest
+
+from .conftest import zoo_dry_run
 
 MANIFEST = """\
 org: sleb-test
@@ -29,21 +30,15 @@ bases:
 
 @pytest.fixture(scope="module")
 def healed_run(tmp_path_factory, tiny_model_dir):
-    root = tmp_path_factory.mktemp("zoo-heal")
-    manifest = root / "manifest.yaml"
-    manifest.write_text(MANIFEST.format(model=tiny_model_dir))
-    out = root / "out"
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("SLEB_STATE_DIR", str(root / "state"))
-        rc = publish.main(["--manifest", str(manifest), "--dry-run", "--out", str(out), "--cache", str(root / "c")])
+    manifest, out, _, rc = zoo_dry_run(tmp_path_factory.mktemp("zoo-heal"), MANIFEST.format(model=tiny_model_dir))
     return manifest, out, rc
 
 
 def test_heal_switch_names_a_healed_variant_beside_each_plain_one(healed_run):
     manifest, _, _ = healed_run
     variants = load_manifest(manifest).variants
-    assert [(v.name, v.healed) for v in variants] == [("tiny-llama-sleb-40", False),
-                                                      ("tiny-llama-sleb-40-healed", True)]
+    assert [(v.name, v.healed) for v in variants] == [("tiny-llama-sleb-refine-40", False),
+                                                      ("tiny-llama-sleb-refine-40-healed", True)]
     from sleb.demo.zoo_listing import load_zoo  # the demo lists the same variants, the healed one as healed
 
     assert [(v.name, v.repo, v.healed) for v in load_zoo(manifest)] == [(v.name, v.repo_id, v.healed)
@@ -53,7 +48,7 @@ def test_heal_switch_names_a_healed_variant_beside_each_plain_one(healed_run):
 def test_healed_variant_is_a_plain_checkpoint_with_dense_pruned_and_healed_on_its_card(healed_run):
     _, out, rc = healed_run
     assert rc == 0
-    plain_dir, healed_dir = out / "tiny-llama-sleb-40", out / "tiny-llama-sleb-40-healed"
+    plain_dir, healed_dir = out / "tiny-llama-sleb-refine-40", out / "tiny-llama-sleb-refine-40-healed"
     plain = AutoModelForCausalLM.from_pretrained(plain_dir).eval()
     healed = AutoModelForCausalLM.from_pretrained(healed_dir).eval()
     assert type(healed) is type(plain) and set(healed.state_dict()) == set(plain.state_dict())

@@ -1,6 +1,6 @@
 """The sleb model zoo: build, evaluate, document and publish pruned variants listed in a manifest.
 
-    python zoo/publish.py --only smollm2-135m-instruct-sleb-20 --dry-run --out build/zoo
+    python zoo/publish.py --only smollm2-135m-instruct-sleb-refine-20 --dry-run --out build/zoo
 
 - `manifest.py`  read and validate the manifest: bases, variants (plain and `-healed`), names
 - `settings.py`  every setting's default and check, merging, `--set key=value`

@@ -3,9 +3,10 @@
 Everything costly is cached in the zoo cache (`--cache`, default `~/.cache/sleb/zoo`): perplexity,
 zero-shot and speed results as JSON files keyed by what they measured (model, removed blocks,
 settings, data folder, versions; for speed also the hardware), and each variant's `sleb.json`
-record, so that a rebuilt folder is byte-identical. The search is sleb's own `find_removal`,
-resumable and cached in sleb's state folder. A rerun with nothing changed loads the base, finds
-every result in the cache and leaves complete folders untouched.
+record, so that a rebuilt folder is byte-identical. The search is sleb's own `choose`: for the default
+`sleb+refine`, SLEB's greedy and then one swap-refined set per ratio (not nested); for `sleb`, the
+paper's greedy, one nested order. Both are resumable and cached in sleb's state folder. A rerun with
+nothing changed loads the base, finds every result in the cache and leaves complete folders untouched.
 
 A staged folder is exactly the repository that is uploaded: the checkpoint, `sleb.json`,
 `results.json` (every number the card shows), `README.md` (the card) and `removal.png`.
@@ -32,6 +33,7 @@ from tqdm.auto import tqdm
 from sleb import __version__ as sleb_version
 from sleb.blocks import find_blocks, num_layers
 from sleb.calibration import CalibrationSpec, build_calibration
+from sleb.criteria import refine_seeds
 from sleb.data import data_dir
 from sleb.evaluation.heldout import evaluate_ppl
 from sleb.files import RECORD_FILE, is_sleb_checkpoint, read_record, record_path
@@ -40,21 +42,13 @@ from sleb.gguf import open_gguf
 from sleb.gguf.convert import find_converter
 from sleb.gguf.export import GgufExport, plan_export
 from sleb.loading import DEFAULT_MODEL, load_model, model_device
-from sleb.prune import (
-    blocks_for_ratio,
-    find_removal,
-    gguf_extras,
-    make_record,
-    parameter_count,
-    refine_removal,
-    versions,
-)
-from sleb.refine import RefineSpec
+from sleb.prune import blocks_for_ratio, choose, gguf_extras, make_record, parameter_count, versions
 from sleb.removal import atomic_dir, remove_blocks, save_checkpoint
 from sleb.verify import Verifier
 
 from . import card
 from .manifest import Base, Variant
+from .settings import search_plan
 
 log = logging.getLogger(__name__)
 
@@ -194,7 +188,7 @@ def prune_command(used: str, variant: Variant, settings: dict, dtype: str, devic
              "--seed", str(cal["seed"])]
     if cal["tokens"]:
         parts += ["--calib-tokens", str(cal["tokens"])]
-    if settings.get("refine"):
+    if settings["refine"] and settings["refine"] != refine_seeds(settings["method"]):  # not what --method implies
         parts += ["--refine", settings["refine"]]
     parts += ["--early-barrier", str(settings["early_barrier"]), "--latter-barrier", str(settings["latter_barrier"]),
               "--device", device, "--dtype", dtype, "--out", variant.name]
@@ -318,11 +312,9 @@ def _search(model, tokenizer, settings: dict, counts: list[int], progress: bool)
     calib = build_calibration(tokenizer, CalibrationSpec(source=cal["source"], nsamples=cal["nsamples"],
                                                          seqlen=cal["seqlen"], seed=cal["seed"],
                                                          tokens=cal["tokens"]), model.config)
-    barriers = {"early_barrier": settings["early_barrier"], "latter_barrier": settings["latter_barrier"]}
-    result = find_removal(model, calib, max(counts), settings["method"], progress=progress, **barriers)
-    if settings.get("refine"):  # one refined set per ratio: not nested
-        result = refine_removal(model, calib, result, sorted(set(counts)), RefineSpec(seeds=settings["refine"]),
-                                progress=progress, **barriers)
+    method, refine = search_plan(settings)  # sleb+refine: the greedy, then one refined set per ratio (not nested)
+    result = choose(model, tokenizer, calib, sorted(set(counts)), method, refine=refine, progress=progress,
+                    early_barrier=settings["early_barrier"], latter_barrier=settings["latter_barrier"])
     return calib, result
 
 
@@ -410,10 +402,13 @@ def _build_variant(run: _BaseRun, variant: Variant, k: int) -> Built:
 
 
 def _variant_record(run: _BaseRun, order: list[int], pruned) -> dict:
-    """The variant's `sleb.json` record, cached by model, calibration, method, barriers and order."""
+    """The variant's `sleb.json` record, cached by model, calibration, method (and refinement seeds), barriers and
+    order."""
     settings = run.settings
+    seeds = run.result.settings.get("refine_seeds")  # refine: seed and all are both recorded as '<method>+refine'
     record_key = digest({"model": run.mkey, "calibration": run.calib.info["fingerprint"], "method": run.result.method,
-                         "barriers": [settings["early_barrier"], settings["latter_barrier"]], "order": order})
+                         "barriers": [settings["early_barrier"], settings["latter_barrier"]], "order": order,
+                         **({"refine_seeds": seeds} if seeds else {})})
     record = run.cache.get("record", record_key)
     if record is None:
         fresh = make_record(run.result, order, run.source, run.dense_params, pruned,

@@ -14,6 +14,8 @@ from pathlib import Path
 
 from huggingface_hub import EvalResult, ModelCard, ModelCardData
 
+from sleb.criteria import get_criterion, method_label
+
 log = logging.getLogger(__name__)
 
 TEMPLATE = Path(__file__).resolve().parent / "card_template.md"
@@ -68,17 +70,26 @@ def rounds_of(record: dict) -> list[dict]:
     return [r for r in record["search"].get("rounds", [])[:k] if isinstance(r.get("removed"), int)]
 
 
+def removal_marks(record: dict) -> dict[int, str]:
+    """What each removed block is marked with: the round that removed it for a nested order, else `x` (a refined
+    set is one set, chosen for this ratio, with no rounds of its own)."""
+    if record.get("nested", True):
+        return {block: str(i + 1) for i, block in enumerate(record["removal_order"])}
+    return dict.fromkeys(record["removal_order"], "x")
+
+
 def removal_strip(record: dict, width: int = 32) -> str:
-    """A text picture: every block index with the round that removed it, `.` for kept blocks."""
+    """A text picture: every block index with the round that removed it (or `x`), `.` for kept blocks."""
     total = record["num_blocks_dense"]
-    when = {block: i + 1 for i, block in enumerate(record["removal_order"])}
+    when = removal_marks(record)
+    nested = record.get("nested", True)
     lines = []
     for start in range(0, total, width):
         blocks = range(start, min(total, start + width))
         lines.append("block  " + "".join(f"{b:>4}" for b in blocks))
-        lines.append("round  " + "".join(f"{when.get(b, '.'):>4}" for b in blocks))
+        lines.append(("round  " if nested else "cut    ") + "".join(f"{when.get(b, '.'):>4}" for b in blocks))
         lines.append("")
-    lines.append("(.: kept; a number: removed in that round)")
+    lines.append("(.: kept; a number: removed in that round)" if nested else "(.: kept; x: removed)")
     return "\n".join(lines)
 
 
@@ -91,8 +102,9 @@ def removal_picture(record: dict, path: str | Path) -> Path:
 
     total = record["num_blocks_dense"]
     order = record["removal_order"]
-    rounds = rounds_of(record)
-    when = {block: i + 1 for i, block in enumerate(order)}
+    nested = record.get("nested", True)
+    rounds = rounds_of(record) if nested else []  # a refined set's blocks were not removed in the greedy's rounds
+    when = removal_marks(record)
     colours = plt.get_cmap("viridis")
     rows = 2 if rounds else 1
     fig, axes = plt.subplots(rows, 1, figsize=(max(6.0, 0.28 * total + 1.5), 1.6 + 2.2 * (rows - 1)), squeeze=False,
@@ -100,15 +112,16 @@ def removal_picture(record: dict, path: str | Path) -> Path:
     ax = axes[0][0]
     for b in range(total):
         removed = b in when
-        colour = colours(0.7 * (when[b] - 1) / max(1, len(order) - 1)) if removed else "#d9d9d9"
-        ax.add_patch(plt.Rectangle((b, 0), 0.92, 1, color=colour))
-        ax.text(b + 0.46, 0.5, str(when[b]) if removed else "", ha="center", va="center", fontsize=8,
-                color="white", fontweight="bold")
+        shade = 0.7 * (int(when[b]) - 1) / max(1, len(order) - 1) if removed and nested else 0.0
+        ax.add_patch(plt.Rectangle((b, 0), 0.92, 1, color=colours(shade) if removed else "#d9d9d9"))
+        ax.text(b + 0.46, 0.5, when.get(b, ""), ha="center", va="center", fontsize=8, color="white",
+                fontweight="bold")
     ax.set_xlim(-0.2, total + 0.1)
     ax.set_ylim(0, 1)
     ax.set_yticks([])
     ax.set_xticks([b + 0.46 for b in range(total)], [str(b) for b in range(total)], fontsize=7)
-    ax.set_xlabel("block (original index); number: the round that removed it", fontsize=8)
+    ax.set_xlabel("block (original index); " + ("number: the round that removed it" if nested else
+                                                "x: removed (one set for this ratio)"), fontsize=8)
     ax.set_title(f"{record.get('zoo', {}).get('variant', '')}: {len(order)} of {total} blocks removed by "
                  f"{record['method']}", fontsize=10)
     for side in ("top", "right", "left"):
@@ -401,8 +414,9 @@ def model_card(record: dict, results: dict) -> ModelCard:
         architecture=results["architecture"], weights_note=results.get("weights_note"),
         reduced="; ".join(reduced), picture=PICTURE, strip=removal_strip(record), rounds=rounds,
         calibration_text=(f"{cal['num_windows']} windows x {cal['seqlen']} tokens of {cal['data']} (seed "
-                          f"{cal['seed']}); score: {settings.get('score', 'total calibration NLL')}"
-                          + refine_text(record)),
+                          f"{cal['seed']}); score: {settings.get('score', 'total calibration NLL')}"),
+        method_text=method_text(record), method_label=method_label(record["method"]), nested=record.get("nested"),
+        refine_rows=refine_rows(record), refine_summary=refine_summary(record),
         barrier_text=", ".join(never) or "(none)", snippet=snippet(results), table=comparison_rows(results),
         hardware_text=hardware_text(results), speed_details=format_speed(speed) if speed else "",
         budget_lines=lines, zoo_command=results["commands"]["zoo"], prune_command=results["commands"]["prune"],
@@ -438,7 +452,7 @@ def headline(results: dict) -> dict:
 def headline_text(results: dict) -> str:
     """One line: blocks, perplexity dense -> pruned, mean accuracy, speedups, budget warning."""
     h = headline(results)
-    parts = [f"{h['blocks']} blocks, {h['parameters']} params"]
+    parts = [f"{method_label(results['method'])}: {h['blocks']} blocks, {h['parameters']} params"]
     for name in PPL_DATASETS:
         if f"{name}_ppl" in h:
             a, b = h[f"{name}_ppl"]
@@ -455,7 +469,7 @@ def headline_text(results: dict) -> str:
 
 
 def index_readme(org: str, entries: list[dict], manifest_name: str) -> str:
-    """The org card: one row per published variant with its headline numbers."""
+    """The org card: one row per published variant with its method and headline numbers."""
     lines = [
         "---",
         "title: SLEB zoo",
@@ -469,17 +483,19 @@ def index_readme(org: str, entries: list[dict], manifest_name: str) -> str:
         f"# {org}: SLEB-pruned models",
         "",
         "Each model is its base with whole transformer blocks removed by SLEB (Song et al., ICML 2024): an "
-        "ordinary checkpoint for `AutoModelForCausalLM.from_pretrained`. Numbers are dense → pruned, measured "
-        "when the variant was built; each card states its hardware and evaluation budget.",
+        "ordinary checkpoint for `AutoModelForCausalLM.from_pretrained`. \"SLEB + swap refinement\" is sleb's "
+        "default: SLEB's greedy search, then swaps that lower the calibration loss further, one set per ratio (not "
+        "nested); \"SLEB (greedy ...)\" is the paper's exact greedy. Numbers are dense → pruned, measured "
+        "when the variant was built; each card states its method, hardware and evaluation budget.",
         "",
-        "| model | base | blocks | params | WikiText-2 ppl | C4 ppl | mean zero-shot acc (%) | prefill / decode "
-        "speedup | budget |",
-        "|---|---|---|---|---|---|---|---|---|",
+        "| model | base | method | blocks | params | WikiText-2 ppl | C4 ppl | mean zero-shot acc (%) | prefill / "
+        "decode speedup | budget |",
+        "|---|---|---|---|---|---|---|---|---|---|",
     ]
     for results in entries:
         h = headline(results)
-        cells = [f"[{results['variant']}]({HUB}/{results['repo_id']})", results["base_model"], h["blocks"],
-                 h["parameters"]]
+        cells = [f"[{results['variant']}]({HUB}/{results['repo_id']})", results["base_model"],
+                 method_label(results["method"]), h["blocks"], h["parameters"]]
         for name in PPL_DATASETS:
             cells.append(f"{h[name + '_ppl'][0]:.2f} → {h[name + '_ppl'][1]:.2f}" if f"{name}_ppl" in h else "-")
         cells.append(f"{100 * h['mean_acc'][0]:.1f} → {100 * h['mean_acc'][1]:.1f} ({h['mean_acc'][2]} tasks)"
@@ -493,16 +509,63 @@ def index_readme(org: str, entries: list[dict], manifest_name: str) -> str:
     return "\n".join(lines)
 
 
-def refine_text(record: dict) -> str:
-    """A sentence for a refined (non-nested) set: where it started and what the swaps gained."""
+def refine_step(record: dict) -> dict | None:
+    """The refinement of this variant's block count (`search.settings.refine["<k>"]` of `sleb.json`), if refined."""
     refine = (record.get("search", {}).get("settings") or {}).get("refine") or {}
-    step = refine.get(str(len(record["removed"])))
+    return refine.get(str(len(record["removed"])))
+
+
+def method_text(record: dict) -> str:
+    """Which method chose the blocks, whether its sets are nested, and how to get the paper's exact greedy."""
+    text = f"This model's blocks were chosen by **{method_label(record['method'])}**"
+    if refine_step(record):
+        return (text + ": SLEB's greedy search ran first, then the best seed set (the greedy's or a cheap "
+                "criterion's, on the calibration NLL) was refined by swaps, a removed block traded for a kept one "
+                "while the calibration NLL falls ([where this set came from](#where-this-set-came-from)). Each ratio's "
+                "set is chosen on its own, so the sets are **not nested**: this model's blocks need not include a "
+                "smaller ratio's. The paper's exact greedy, one nested order, is `--method sleb`.")
+    if record["method"] == "sleb":
+        return text + ": the paper's exact greedy (`--method sleb`), one removal order whose first blocks are each " \
+            "smaller ratio's (nested)."
+    return text + (" (nested: each smaller ratio's blocks are among these)." if record.get("nested") else ".")
+
+
+def _blocks(blocks) -> str:
+    return ", ".join(str(b) for b in sorted(blocks)) if blocks is not None else "-"
+
+
+def _nats(value) -> str:
+    return f"{value:,.2f}" if isinstance(value, (int, float)) else NOT_MEASURED
+
+
+def refine_rows(record: dict) -> list[tuple[str, str, str]]:
+    """The seeds the refinement chose among, best first: (criterion, its blocks, its calibration score)."""
+    step = refine_step(record)
+    if not step:
+        return []
+    scores = step.get("seed_scores") or {step["seed_method"]: step.get("seed_score")}
+    sets = step.get("seed_sets") or {step["seed_method"]: step["seed"]}
+    ranked = sorted(sets, key=lambda n: (scores.get(n) is None, scores.get(n) or 0.0, n != step["seed_method"]))
+    return [(get_criterion(n).label + (" **(best: refined)**" if n == step["seed_method"] else ""), _blocks(sets[n]),
+             _nats(scores.get(n))) for n in ranked]
+
+
+def refine_summary(record: dict) -> str:
+    """The swaps the refinement took and the calibration score before and after."""
+    step = refine_step(record)
     if not step:
         return ""
-    swaps = ", ".join(f"{s['in']} back for {s['out']}" for s in step["swaps"]) or "none"
-    return (f". The set was then swap-refined from {step['seed_method']}'s {step['seed']} (swaps: {swaps}; "
-            f"calibration {step['objective'].upper()} {step['seed_score']:.2f} -> {step['score']:.2f}); refined sets "
-            "are chosen per ratio and are not nested, so this model's blocks need not include a smaller ratio's")
+    objective = {"nll": "NLL", "kl": "KL to the dense model"}.get(step["objective"], step["objective"])
+    swaps = "; ".join(f"block {s['in']} back in, block {s['out']} out ({_nats(s['score'])})" for s in step["swaps"])
+    if step.get("local_optimum"):
+        end = "a swap-local optimum: no single swap lowers it"
+    elif step.get("local_optimum") is None:
+        end = "not refined (an evaluation budget of 0)"
+    else:
+        end = f"stopped at the budget of {step.get('budget')} candidate evaluations"
+    return (f"Swaps taken: {swaps or 'none'}. Calibration {objective} (summed nats): {_nats(step.get('seed_score'))} "
+            f"-> {_nats(step['score'])}, {end} ({step.get('evaluations', 0):,} candidate evaluations). "
+            f"Blocks removed: {_blocks(step['removed'])}.")
 
 
 def index_entry(results: dict, record: dict, record_sha256: str) -> dict:
@@ -511,6 +574,8 @@ def index_entry(results: dict, record: dict, record_sha256: str) -> dict:
         "repo": results["repo_id"],
         "base_model": results["base_model"],
         "method": results["method"],
+        "method_label": method_label(results["method"]),
+        "nested": record.get("nested", True),
         "ratio": results["ratio"],
         "removal_order": results["removal_order"],
         "num_blocks_dense": results["num_blocks_dense"],

@@ -10,8 +10,9 @@
         license: apache-2.0
         ratios: [0.1, 0.2, 0.3]
 
-Each base gives one variant per ratio, named `<name>-<method>-<percent>` (for example
-`smollm2-135m-instruct-sleb-20`) and published as `<org>/<variant name>`. The whole file is
+Each base gives one variant per ratio, named `<name>-<method slug>-<percent>` (for example
+`smollm2-135m-instruct-sleb-refine-20` for the default method `sleb+refine`, whose '+' a Hub repository
+name cannot hold; `...-sleb-20` for `method: sleb`) and published as `<org>/<variant name>`. The whole file is
 checked before any work is done; every error names the file and the line at fault.
 `--set key=value` (for example `eval.max_windows=4`) overrides a setting for every base and
 is checked the same way. See `zoo/manifest.yaml` for every setting and its default.
@@ -35,7 +36,16 @@ from typing import Any
 from sleb import names as naming
 from sleb.loading import DEFAULT_BASE_ID, DEFAULT_MODEL
 
-from .settings import DEFAULT_SETTINGS, LEAVES, _bool, _merge, _settings, _unknown_key, parse_override
+from .settings import (
+    DEFAULT_SETTINGS,
+    LEAVES,
+    _bool,
+    _merge,
+    _settings,
+    _unknown_key,
+    parse_override,
+    variant_method,
+)
 from .yamltree import Bad as _Bad
 from .yamltree import ManifestError, Node, parse
 
@@ -117,7 +127,7 @@ class Manifest:
 
 
 def variant_name(base: Base, ratio: float) -> str:
-    return naming.variant_name(base.name, base.settings["method"], ratio)
+    return naming.variant_name(base.name, variant_method(base.settings), ratio)
 
 
 def base_variants(base: Base, org: str) -> list[Variant]:

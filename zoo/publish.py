@@ -1,8 +1,8 @@
 """Build, evaluate, document and publish the pruned variants listed in the zoo manifest.
 
     python zoo/publish.py                     # everything in zoo/manifest.yaml, pushed to the Hub
-    python zoo/publish.py --only smollm2-135m-instruct-sleb-20 --dry-run --out build/zoo
-    python zoo/publish.py --only smollm2-135m-instruct-sleb-10 --dry-run --out /tmp/zoo \\
+    python zoo/publish.py --only smollm2-135m-instruct-sleb-refine-20 --dry-run --out build/zoo
+    python zoo/publish.py --only smollm2-135m-instruct-sleb-refine-10 --dry-run --out /tmp/zoo \\
         --set calibration.tokens=2048 --set calibration.seqlen=128 --set eval.max_windows=4 \\
         --set eval.zeroshot_limit=50          # a small evaluation budget (the card says so)
 
@@ -10,8 +10,8 @@ For each base: load it once, search once for all its ratios (cached), evaluate t
 and every variant (cached), and stage `<out>/<variant>/` exactly as it is uploaded. Then, unless
 --dry-run, push each variant, and finally the zoo index (`<out>/_index/`: the org card and
 `zoo.json`) and a collection listing every variant. Each base's removal order is also written
-as an order file of `sleb.orders` (`<out>/_orders/<base>-<method>.json`; `--orders-dir sleb/orders`
-ships it with the app). The manifest is checked, and the token and
+as an order file of `sleb.orders` (`<out>/_orders/<base>-<method>.json`, e.g. `...-sleb+refine.json`;
+`--orders-dir sleb/orders` ships it with the app). The manifest is checked, and the token and
 the network too, before any work. Exit status: 0 done; 1 publishing failed (rerun to finish);
 2 bad manifest or arguments; 3 some variants skipped (a base that cannot be loaded here).
 """
@@ -100,8 +100,9 @@ def commit_message(built: Built) -> tuple[str, str]:
 def write_base_order(manifest: Manifest, base: Base, built: list[Built], folder: Path) -> Path | None:
     """The base's search record as an order file of `sleb.orders`: `<folder>/<base name>-<method>.json`.
 
-    Kept as it is when it already holds this search (same calibration windows, barriers and
-    dtype) for at least as many blocks, so a rerun, or a build of fewer ratios, changes nothing.
+    Kept as it is when it already holds this search (same calibration windows, barriers, refinement
+    and dtype) for every block count this one holds (a refined result holds one set per count it
+    refined: not nested), so a rerun, or a build of fewer ratios, changes nothing.
     """
     if not built:
         return None
@@ -112,7 +113,7 @@ def write_base_order(manifest: Manifest, base: Base, built: list[Built], folder:
 
     def same_search(old: dict) -> bool:
         a, b = old.get("search") or {}, record["search"]
-        keys = ("early_barrier", "latter_barrier")
+        keys = ("early_barrier", "latter_barrier", "refine_seeds", "refine_objective")
         return (old.get("dtype") == results["dtype"] and a.get("method") == b["method"]
                 and (a.get("settings") or {}).get("calibration", {}).get("fingerprint")
                 == b["settings"].get("calibration", {}).get("fingerprint")
@@ -123,13 +124,22 @@ def write_base_order(manifest: Manifest, base: Base, built: list[Built], folder:
             old = json.loads(path.read_text())
         except json.JSONDecodeError:
             old = {}
-        if same_search(old) and int(old.get("max_remove") or 0) >= result.max_remove:
+        if same_search(old) and _covers(old, result):
             log.info("The order file %s already holds this search", path)
             return path
     write_order(folder, base.name, base.base_model, result, model_argument=results["model_loaded"],
                 dtype=results["dtype"], command=zoo_command(manifest, *[b.variant for b in built]))
     log.info("Wrote the order file %s (%s, %d blocks)", path, result.method, result.max_remove)
     return path
+
+
+def _covers(old: dict, result: SearchResult) -> bool:
+    """Whether an order file's search holds every block count `result` holds."""
+    try:
+        held = SearchResult.from_dict(old["search"])
+    except (KeyError, TypeError):
+        return False
+    return all(held.covers(k) for k in (result.by_count or [result.max_remove]))
 
 
 def index_entries(manifest: Manifest, out: Path, confirmed) -> list[tuple[dict, dict, str]]:

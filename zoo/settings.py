@@ -15,14 +15,15 @@ from sleb.evaluation.zeroshot import ZEROSHOT_TASKS
 from sleb.healing.distill import DistillSpec
 from sleb.healing.run import HEAL_METHODS
 from sleb.loading import DTYPES
-from sleb.prune import METHODS
+from sleb.prune import DEFAULT_METHOD, PICK_METHODS, recorded_method, resolve_method
+from sleb.refine import RefineSpec
 
 from .yamltree import Bad as _Bad
 from .yamltree import ManifestError, Node
 
 DEFAULT_SETTINGS: dict[str, Any] = {
-    "method": "sleb",
-    "refine": None,  # swap refinement of each ratio's set: null, seed or all (see docs/search.md)
+    "method": DEFAULT_METHOD,  # sleb+refine: SLEB's greedy, then swap refinement (docs/zoo.md); sleb: the paper's
+    "refine": None,  # swap refinement of each ratio's set: null (what the method implies), seed or all
     "dtype": "auto",
     "device": "auto",
     "requires_gpu": False,
@@ -38,6 +39,15 @@ DEFAULT_SETTINGS: dict[str, Any] = {
              "seed": 0},
 }
 
+
+def search_plan(settings: dict) -> tuple[str, RefineSpec | None]:
+    """`(criterion, refine spec)` of a base's `method` and `refine` settings (`sleb.prune.resolve_method`)."""
+    return resolve_method(settings["method"], RefineSpec(seeds=settings["refine"]) if settings["refine"] else None)
+
+
+def variant_method(settings: dict) -> str:
+    """The method a base's variants are recorded and named under: 'sleb+refine', or 'sleb' for the paper's greedy."""
+    return recorded_method(settings["method"], settings["refine"])
 
 
 def _type_name(value: Any) -> str:
@@ -112,7 +122,7 @@ def _calib_source(value):
 
 
 LEAVES = {
-    "method": _choice(METHODS),
+    "method": _choice(PICK_METHODS),
     "refine": _choice((None, "seed", "all")),
     "dtype": _choice(("auto", *DTYPES)),
     "device": _device,

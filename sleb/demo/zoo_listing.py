@@ -23,9 +23,11 @@ from pathlib import Path
 
 import yaml
 
+from ..errors import SlebError
 from ..files import RECORD_FILE, record_path
 from ..loading import DEFAULT_BASE_ID, DEFAULT_MODEL
 from ..names import variant_name
+from ..prune import DEFAULT_METHOD, recorded_method
 from ..search import SearchResult
 from .online import hub_online
 
@@ -64,7 +66,8 @@ def load_zoo(path: str | os.PathLike | None) -> list[ZooVariant]:
         defaults = data.get("defaults") or {}
         variants = []
         for base in data.get("bases") or []:
-            method = base.get("method") or defaults.get("method") or "sleb"
+            method = recorded_method(base.get("method") or defaults.get("method") or DEFAULT_METHOD,
+                                     base.get("refine", defaults.get("refine")))  # the zoo's defaults
             model = str(base["model"])
             base_model = base.get("base_model") or (DEFAULT_BASE_ID if model == DEFAULT_MODEL else model)
             heal = {**(defaults.get("heal") or {}), **(base.get("heal") or {})}
@@ -77,7 +80,7 @@ def load_zoo(path: str | os.PathLike | None) -> list[ZooVariant]:
                         requires_gpu=bool(base.get("requires_gpu", defaults.get("requires_gpu", False))),
                         healed=healed))
         return variants
-    except (yaml.YAMLError, KeyError, TypeError, ValueError, AttributeError) as exc:
+    except (yaml.YAMLError, KeyError, TypeError, ValueError, AttributeError, SlebError) as exc:
         log.warning("Ignoring the zoo manifest %s: it cannot be read (%s: %s)", path, type(exc).__name__, exc)
         return []
 
