@@ -22,28 +22,33 @@ import time
 from pathlib import Path
 
 log = logging.getLogger("bench_dtype_picks")
+PICK_NAMES = {"all+refine": "default pick", "sleb+refine": "refined from SLEB's"}
 
 
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--model", default="default")
     p.add_argument("--sets", default="results/refine-study/refine-nll-2048tok-128.json")
+    p.add_argument("--top", type=int, help="score only the N best sets per count by the study file's scores")
     p.add_argument("--orders", nargs=2, metavar=("A", "B"), help="two order files whose greedy orders to compare")
     p.add_argument("--out", default="results/refine-study/dtype-picks.json")
     return p.parse_args(argv)
 
 
-def candidates(study: dict) -> dict[int, dict[str, list[int]]]:
-    """Per block count, the distinct sets to score, named by who proposed them (criteria, then refined picks)."""
+def candidates(study: dict, top: int | None = None) -> dict[int, dict[str, list[int]]]:
+    """Per block count, the distinct sets to score, named by who proposed them (criteria, then refined picks);
+    with `top`, only the `top` best by the study file's own scores."""
     out = {}
     for row in study["rows"]:
-        named = {**{n: v["removed"] for n, v in row["criteria"].items() if n != "last"},
-                 **{n: v["removed"] for n, v in row["refined"].items()}}
-        distinct = {}
-        for name, blocks in named.items():
+        named = {**{n: (v["removed"], v["score"]) for n, v in row["criteria"].items() if n != "last"},
+                 **{n: (v["removed"], v["score"]) for n, v in row["refined"].items()}}
+        distinct, score = {}, {}
+        for name, (blocks, value) in named.items():
             key = tuple(sorted(blocks))
             distinct.setdefault(key, []).append(name)
-        out[row["k"]] = {"+".join(names): list(key) for key, names in distinct.items()}
+            score[key] = value
+        keep = sorted(distinct, key=score.get)[:top] if top else list(distinct)
+        out[row["k"]] = {" = ".join(PICK_NAMES.get(n, n) for n in distinct[key]): list(key) for key in keep}
     return out
 
 
@@ -78,7 +83,7 @@ def main(argv=None) -> int:
 
     torch.set_num_threads(1)
     study = json.loads(Path(args.sets).read_text())
-    sets_by_k = candidates(study)
+    sets_by_k = candidates(study, args.top)
     info = study["calibration"]
     per_dtype, calib = {}, None
     for dtype in ("float32", "bfloat16"):

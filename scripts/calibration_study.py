@@ -149,6 +149,7 @@ class Study:
         pruned = remove_blocks(copy.deepcopy(model), removed) if removed else model
         if missing:
             start = time.perf_counter()
+            entry["ppl_dtype"] = self.args.dtype
             ppl.update(evaluate_ppl(pruned, tokenizer, missing, max_windows=self.args.ppl_windows, progress=False))
             entry["ppl_seconds"] = round(time.perf_counter() - start, 1)
             write_json(path, entry)
