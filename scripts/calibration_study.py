@@ -225,11 +225,13 @@ class Study:
                     continue
                 ev = read_json(self.out / "evals" / f"{removed_key(pick['removed'])}.json") or {}
                 greedy = (row["criteria"].get("sleb") or {}).get("search_seconds") or 0
+                how = f"{settings['dtype']} refinement" if pick.get("local_optimum") is not None else \
+                    f"best seed on the {settings['dtype']} objective, not refined"
                 rows.append({
-                    "method": f"{REFINED_NAMES[settings['objective']]} ({settings['dtype']} refinement)",
+                    "method": f"{REFINED_NAMES[settings['objective']]} ({how})",
                     "budget": settings["tokens"], "seqlen": settings["seqlen"], "ratio": row["ratio"],
                     "blocks": row["k"], "removed": pick["removed"],
-                    "search_seconds": round(greedy + row["seed_scoring_seconds"] + pick["seconds"], 1),
+                    "search_seconds": round(greedy + row["seed_scoring_seconds"] + pick.get("seconds", 0), 1),
                     "wikitext2": _ppl(ev, "wikitext2"), "c4": _ppl(ev, "c4"),
                     "zeroshot": mean_acc(ev) if "zeroshot" in ev else None,
                 })
