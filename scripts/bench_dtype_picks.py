@@ -5,11 +5,9 @@ criterion's set and the refined picks on the same calibration), every distinct c
 is scored on the calibration objective (summed NLL of the windows, blocks bypassed) with the
 model loaded in fp32 and in bf16. The pick is the lowest score; the script prints, per count,
 each dtype's ranking, whether the picks agree, and the margin between the two best sets next
-to the rounding the dtype itself adds (|bf16 - fp32| of the dense model's score). With
-`--orders`, the greedy orders of two shipped/`search --json` files (say bf16 and fp32) are
-compared too.
+to the rounding the dtype itself adds (|bf16 - fp32| of the dense model's score).
 
-    OMP_NUM_THREADS=1 python scripts/bench_dtype_picks.py --sets results/refine-study/refine-nll-2048tok-128.json
+    OMP_NUM_THREADS=1 python scripts/bench_dtype_picks.py --top 2
 """
 
 from __future__ import annotations
@@ -30,7 +28,6 @@ def parse_args(argv=None):
     p.add_argument("--model", default="default")
     p.add_argument("--sets", default="results/refine-study/refine-nll-2048tok-128.json")
     p.add_argument("--top", type=int, help="score only the N best sets per count by the study file's scores")
-    p.add_argument("--orders", nargs=2, metavar=("A", "B"), help="two order files whose greedy orders to compare")
     p.add_argument("--out", default="results/refine-study/dtype-picks.json")
     return p.parse_args(argv)
 
@@ -63,14 +60,6 @@ def scores_in(model, windows, sets_by_k: dict) -> tuple[dict, float, float]:
         dense = score_sets(model, windows, {"dense": []})["dense"]
         scores = {k: score_sets(model, windows, sets) for k, sets in sets_by_k.items()}
     return scores, dense, round(time.perf_counter() - start, 1)
-
-
-def compare_orders(a: str, b: str) -> dict:
-    orders = [json.loads(Path(p).read_text())["search"] for p in (a, b)]
-    seed = [o.get("settings", {}).get("seed_order") or o["order"] for o in orders]  # a refined file keeps the greedy's
-    first = next((i for i, (x, y) in enumerate(zip(*seed, strict=False)) if x != y), None)
-    return {"a": a, "b": b, "order_a": seed[0], "order_b": seed[1], "same": seed[0] == seed[1],
-            "first_difference": first}
 
 
 def main(argv=None) -> int:
@@ -111,8 +100,6 @@ def main(argv=None) -> int:
     result["dense"] = {d: round(v[1], 2) for d, v in per_dtype.items()}
     result["dense_rounding"] = round(rounding, 2)
     result["seconds"] = {d: v[2] for d, v in per_dtype.items()}
-    if args.orders:
-        result["orders"] = compare_orders(*args.orders)
     Path(args.out).write_text(json.dumps(result, indent=1) + "\n")
     sys.stdout.write(json.dumps(result) + "\n")
     return 0

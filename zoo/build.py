@@ -43,12 +43,12 @@ from sleb.gguf.convert import find_converter
 from sleb.gguf.export import GgufExport, plan_export
 from sleb.loading import DEFAULT_MODEL, load_model, model_device
 from sleb.prune import blocks_for_ratio, choose, gguf_extras, make_record, parameter_count, versions
+from sleb.refine import RefineSpec
 from sleb.removal import atomic_dir, remove_blocks, save_checkpoint
 from sleb.verify import Verifier
 
 from . import card
 from .manifest import Base, Variant
-from .settings import search_plan
 
 log = logging.getLogger(__name__)
 
@@ -312,8 +312,9 @@ def _search(model, tokenizer, settings: dict, counts: list[int], progress: bool)
     calib = build_calibration(tokenizer, CalibrationSpec(source=cal["source"], nsamples=cal["nsamples"],
                                                          seqlen=cal["seqlen"], seed=cal["seed"],
                                                          tokens=cal["tokens"]), model.config)
-    method, refine = search_plan(settings)  # sleb+refine: the greedy, then one refined set per ratio (not nested)
-    result = choose(model, tokenizer, calib, sorted(set(counts)), method, refine=refine, progress=progress,
+    refine = RefineSpec(seeds=settings["refine"]) if settings["refine"] else None  # else what the method implies
+    # sleb+refine: the greedy, then one refined set per ratio (not nested); sleb: one nested order
+    result = choose(model, tokenizer, calib, sorted(set(counts)), settings["method"], refine=refine, progress=progress,
                     early_barrier=settings["early_barrier"], latter_barrier=settings["latter_barrier"])
     return calib, result
 

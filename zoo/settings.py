@@ -15,8 +15,7 @@ from sleb.evaluation.zeroshot import ZEROSHOT_TASKS
 from sleb.healing.distill import DistillSpec
 from sleb.healing.run import HEAL_METHODS
 from sleb.loading import DTYPES
-from sleb.prune import DEFAULT_METHOD, PICK_METHODS, recorded_method, resolve_method
-from sleb.refine import RefineSpec
+from sleb.prune import DEFAULT_METHOD, PICK_METHODS, recorded_method
 
 from .yamltree import Bad as _Bad
 from .yamltree import ManifestError, Node
@@ -38,11 +37,6 @@ DEFAULT_SETTINGS: dict[str, Any] = {
              "lora_rank": DistillSpec.lora_rank, "dtype": "bf16",
              "seed": 0},
 }
-
-
-def search_plan(settings: dict) -> tuple[str, RefineSpec | None]:
-    """`(criterion, refine spec)` of a base's `method` and `refine` settings (`sleb.prune.resolve_method`)."""
-    return resolve_method(settings["method"], RefineSpec(seeds=settings["refine"]) if settings["refine"] else None)
 
 
 def variant_method(settings: dict) -> str:
